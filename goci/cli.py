@@ -1,0 +1,335 @@
+"""The `goci` command: run and validate pipelines on this machine.
+
+Exit codes of `goci run`: 0 all steps succeeded (allowed failures included), 1 a step
+failed, timed out or could not run, 2 the pipeline or the command line is invalid
+(nothing ran), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+
+This module imports no Django: `goci run` needs no database and no server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from builds.pipeline import EVENTS, Pipeline, PipelineError, Step, json_schema, load_file
+from runners.engine import BuildResult, Engine, Status, StepResult
+from runners.executors.local import LocalExecutor
+from runners.lines import DEFAULT_LOG_CAP, format_size
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+DEFAULT_FILE = ".goci.yml"
+MAX_PREFIX = 24
+
+# Step prefixes cycle through these (like docker compose); statuses have fixed colours.
+PALETTE = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")
+STATUS_STYLE = {
+    Status.SUCCESS: ("32", "✔", "+"),
+    Status.FAILURE: ("31", "✘", "x"),
+    Status.ERROR: ("1;31", "!", "!"),
+    Status.CANCELED: ("33", "■", "-"),
+    Status.SKIPPED: ("2", "○", "o"),
+}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class UsageError(Exception):
+    """A bad command line or file: exit 2 before anything runs."""
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ConsoleReporter:
+    """Live output: every line prefixed with its step, a start and end line per step,
+    and a summary table at the end."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        out: TextIO,
+        *,
+        color: bool,
+        timestamps: bool = False,
+    ) -> None:
+        self.out = out
+        self.color = color
+        self.timestamps = timestamps
+        self.unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
+        self.width = min(max(len(s.name) for s in pipeline.steps), MAX_PREFIX)
+        self.names = {
+            step.name: self._paint(PALETTE[i % len(PALETTE)], self._fit(step.name))
+            for i, step in enumerate(pipeline.steps)
+        }
+        self.order = [s.name for s in pipeline.steps]
+        self.retries = {s.name: s.retry for s in pipeline.steps}
+
+    def _fit(self, name: str) -> str:
+        if len(name) > self.width:
+            name = name[: self.width - 1] + ("…" if self.unicode else "~")
+        return name.ljust(self.width)
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def _status(self, status: Status) -> str:
+        code, symbol, ascii_symbol = STATUS_STYLE[status]
+        return self._paint(code, f"{symbol if self.unicode else ascii_symbol} {status}")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def step_started(self, step: Step, attempt: int) -> None:
+        arrow = "▶" if self.unicode else ">"
+        what = "started" if attempt == 1 else f"retrying (attempt {attempt} of {step.retry + 1})"
+        first = step.run.strip().splitlines()[0] if step.run.strip() else ""
+        self._write(f"{self.names[step.name]} {arrow} {what}: {first}\n")
+
+    def step_log(self, step: Step, first_line: int, lines: Sequence[str], at: float) -> None:
+        prefix = f"{self.names[step.name]} | "
+        if self.timestamps:
+            stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+            prefix += self._paint("2", stamp) + " "
+        # One write per batch: joining in C keeps up with steps printing millions of lines.
+        self._write(prefix + ("\n" + prefix).join(lines) + "\n")
+
+    def step_finished(self, step: Step, result: StepResult) -> None:
+        parts = [self._status(result.status)]
+        if result.exit_code is not None:
+            parts.append(f"exit {result.exit_code}")
+        if result.status is not Status.SKIPPED:
+            parts.append(f"in {format_seconds(result.duration)}")
+        if result.error:
+            parts.append(f"({result.error})")
+        if result.allowed_failure:
+            parts.append("(failure allowed)")
+        self._write(f"{self.names[step.name]} {' '.join(parts)}\n")
+
+    def build_finished(self, result: BuildResult) -> None:
+        rows = [("STEP", "STATUS", "EXIT", "DURATION", "NOTE")]
+        for r in result.steps:
+            note = r.error or ""
+            if r.allowed_failure:
+                note = "failure allowed" + (f"; {note}" if note else "")
+            if r.attempts > 1:
+                note = f"{r.attempts} attempts" + (f"; {note}" if note else "")
+            duration = "" if r.status is Status.SKIPPED else format_seconds(r.duration)
+            exit_code = "" if r.exit_code is None else str(r.exit_code)
+            rows.append((r.name, str(r.status), exit_code, duration, note))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["", self._paint("1", _row(rows[0], widths))]
+        for r, row in zip(result.steps, rows[1:], strict=True):
+            line = _row(row, widths)
+            code = STATUS_STYLE[r.status][0]
+            start = widths[0] + 2
+            end = start + len(row[1])
+            lines.append(line[:start] + self._paint(code, line[start:end]) + line[end:])
+        counts: dict[str, int] = {}
+        for r in result.steps:
+            counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+        lines.append(
+            f"pipeline {self._status(result.status)} in {format_seconds(result.duration)} "
+            f"({summary})"
+        )
+        self._write("\n".join(lines) + "\n")
+
+
+def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    head = "  ".join(cell.ljust(w) for cell, w in zip(cells[:4], widths, strict=True))
+    return f"{head}  {cells[4]}".rstrip()
+
+
+def use_color(out: TextIO) -> bool:
+    # https://no-color.org: any non-empty NO_COLOR disables colour.
+    return out.isatty() and not os.environ.get("NO_COLOR")
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise UsageError(f"--env {pair!r}: expected NAME=VALUE with NAME like FOO_BAR")
+        env[name] = value
+    return env
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([KMG]i?B?|B)?", text.strip(), re.IGNORECASE)
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 100MiB, 512KiB or 1GiB")
+    unit = (match.group(2) or "B")[0].upper()
+    return int(match.group(1)) * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def git_branch(directory: Path) -> str | None:
+    """The checked-out branch, for `when: branch`; None outside a repository."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), "symbolic-ref", "--short", "-q", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def read_pipeline(file: str) -> Pipeline:
+    path = Path(file)
+    if not path.exists():
+        hint = " (pass a file: goci run path/to/pipeline.yml)" if file == DEFAULT_FILE else ""
+        raise UsageError(f"no pipeline file {file!r} in {Path.cwd()}{hint}")
+    if not path.is_file():
+        raise UsageError(f"{file!r} is not a file")
+    return load_file(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    env = parse_env(args.env)
+    pipeline = read_pipeline(args.file)
+    images = sorted({s.image for s in pipeline.steps if s.image} | {pipeline.image} - {None})
+    if images:
+        raise UsageError(
+            f"{args.file}: this pipeline runs steps in containers ({', '.join(map(str, images))}); "
+            "container steps need the Docker executor, which this version of goci does not "
+            "have yet: remove `image:` to run the steps on this machine's shell"
+        )
+    workspace = Path(args.file).resolve().parent
+    branch = args.branch if args.branch is not None else git_branch(workspace)
+    reporter = ConsoleReporter(
+        pipeline, sys.stdout, color=use_color(sys.stdout), timestamps=args.timestamps
+    )
+    engine = Engine(
+        pipeline,
+        LocalExecutor(workspace),
+        reporter,
+        branch=branch,
+        event=args.event,
+        env=env,
+        jobs=args.jobs or 0,
+        log_cap=args.log_cap,
+    )
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        engine.cancel()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = engine.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        print("goci: interrupted; every step was stopped", file=sys.stderr)
+        return EXIT_TERMINATED if received[0] == signal.SIGTERM else EXIT_INTERRUPTED
+    return EXIT_OK if result.status is Status.SUCCESS else EXIT_FAILED
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    pipeline = read_pipeline(args.file)
+    count = len(pipeline.steps)
+    print(f"{args.file}: valid, {count} step{'s' if count != 1 else ''}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="goci", description="Goci: run YAML pipelines on this machine."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline here",
+        description="Run a pipeline on this machine, in the directory of the pipeline file.",
+        epilog="Exit codes: 0 success, 1 a step failed, 2 invalid pipeline or usage, "
+        "130 interrupted.",
+    )
+    run.add_argument("file", nargs="?", default=DEFAULT_FILE, help=f"default {DEFAULT_FILE}")
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set a variable for every step (repeatable); overrides the pipeline's env",
+    )
+    run.add_argument("--branch", help="branch for `when` (default: the checked-out git branch)")
+    run.add_argument(
+        "--event", default="manual", choices=EVENTS, help="event for `when` (default: manual)"
+    )
+    run.add_argument(
+        "--jobs", type=positive_int, metavar="N", help="run at most N steps at once (default: all)"
+    )
+    run.add_argument("--timestamps", action="store_true", help="show when each line was printed")
+    run.add_argument(
+        "--log-cap",
+        type=parse_size,
+        default=DEFAULT_LOG_CAP,
+        metavar="SIZE",
+        help=f"keep at most SIZE of each step's log (default {format_size(DEFAULT_LOG_CAP)})",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    validate = commands.add_parser("validate", help="check a pipeline file and print every error")
+    validate.add_argument("file", nargs="?", default=DEFAULT_FILE, help=f"default {DEFAULT_FILE}")
+    validate.set_defaults(handler=cmd_validate)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the pipeline format")
+    schema.set_defaults(handler=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except PipelineError as exc:
+        print(exc, file=sys.stderr)
+        n = len(exc.problems)
+        print(f"goci: {n} problem{'s' if n != 1 else ''} in {args.file}", file=sys.stderr)
+        return EXIT_INVALID
+    except UsageError as exc:
+        print(f"goci: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:
+        # The reader went away (`goci run | head`): the steps were stopped; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Run steps as shell processes on this machine, in the workspace.
+
+Each step is `<shell> -e -c <run>` in a new session (its own process group), so a
+timeout or a cancel reaches every process the step started, and nothing the step
+left running in the background outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from builds.pipeline import Pipeline
+from runners.engine import StepOutcome, StepRun
+
+READ_SIZE = 64 * 1024
+# How long a step may take to stop after TERM before its processes get KILL.
+KILL_GRACE = 1.0
+# After the step's shell exits, how long to keep reading output of processes that
+# escaped its process group (setsid) before giving up on them.
+DRAIN_AFTER_EXIT = 1.0
+
+
+class LocalExecutor:
+    def __init__(self, workspace: Path, *, kill_grace: float = KILL_GRACE) -> None:
+        self.workspace = workspace.resolve()
+        self.kill_grace = kill_grace
+        self._groups: set[int] = set()
+        self._lock = threading.Lock()
+
+    def prepare(self, pipeline: Pipeline) -> None:
+        if not self.workspace.is_dir():
+            raise RuntimeError(f"workspace {self.workspace} is not a directory")
+
+    def cleanup(self) -> None:
+        with self._lock:
+            groups, self._groups = self._groups, set()
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+
+    def run_step(self, run: StepRun) -> StepOutcome:
+        step = run.step
+        cwd = self._workdir(step.workdir)
+        if isinstance(cwd, str):
+            return StepOutcome(error=cwd)
+        shell = shutil.which(step.shell)
+        if shell is None:
+            return StepOutcome(error=f"shell '{step.shell}' was not found on this machine")
+        env = {**os.environ, **run.env, "GOCI_WORKSPACE": str(self.workspace)}
+        try:
+            proc = subprocess.Popen(
+                [shell, "-e", "-c", step.run],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,  # one pipe: the order of stdout and stderr is kept
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return StepOutcome(error=f"could not start {step.shell}: {exc.strerror}")
+        with self._lock:
+            self._groups.add(proc.pid)
+        try:
+            return self._follow(proc, run)
+        finally:
+            if proc.returncode is None:  # _follow raised: stop the step, then reap it
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+            with self._lock:
+                self._groups.discard(proc.pid)
+            if proc.stdout:
+                proc.stdout.close()
+
+    def _workdir(self, workdir: str | None) -> Path | str:
+        if not workdir:
+            return self.workspace
+        # resolve() follows symlinks, so a link inside the workspace pointing out is caught.
+        path = (self.workspace / workdir).resolve()
+        if not path.is_relative_to(self.workspace):
+            return f"workdir '{workdir}' is outside the workspace"
+        if not path.is_dir():
+            return f"workdir '{workdir}' does not exist in the workspace"
+        return path
+
+    def _follow(self, proc: subprocess.Popen[bytes], run: StepRun) -> StepOutcome:
+        assert proc.stdout is not None
+        out = proc.stdout.fileno()
+        # A pidfd becomes readable when the shell exits, without reaping it: one select()
+        # waits for output and exit together, and the group id stays reserved until every
+        # signal below has been sent.
+        exit_fd = os.pidfd_open(proc.pid)
+        deadline = None if run.timeout is None else time.monotonic() + run.timeout
+        timed_out = canceled = False
+        kill_at: float | None = None
+        exited_at: float | None = None
+        with selectors.DefaultSelector() as selector:
+            selector.register(out, selectors.EVENT_READ)
+            selector.register(exit_fd, selectors.EVENT_READ)
+            try:
+                while selector.get_map():
+                    for key, _ in selector.select(timeout=0.1):
+                        if key.fd == exit_fd:
+                            # The shell is done: what it left in the background goes too.
+                            _signal_group(proc.pid, signal.SIGKILL)
+                            exited_at = time.monotonic()
+                            selector.unregister(exit_fd)
+                        elif data := os.read(out, READ_SIZE):
+                            run.output(data)
+                        else:
+                            selector.unregister(out)
+                    now = time.monotonic()
+                    if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT:
+                        break  # a process that left the group (setsid) holds the pipe open
+                    if kill_at is None and exited_at is None:
+                        canceled = run.cancel.is_set()
+                        timed_out = not canceled and deadline is not None and now >= deadline
+                        if canceled or timed_out:
+                            _signal_group(proc.pid, signal.SIGTERM)
+                            kill_at = now + self.kill_grace
+                    elif kill_at is not None and now >= kill_at:
+                        _signal_group(proc.pid, signal.SIGKILL)
+            finally:
+                os.close(exit_fd)
+        code = proc.wait()
+        exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128 + N
+        return StepOutcome(exit_code=exit_code, timed_out=timed_out, canceled=canceled)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pgid, sig)

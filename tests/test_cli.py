@@ -1,0 +1,290 @@
+"""The `goci` command as a user runs it: output, options and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, goci, processes_matching, write_pipeline
+
+SMALLEST = """\
+steps:
+  - name: Install
+    run: echo installing
+  - name: Test
+    run: echo testing
+  - name: Build
+    run: echo building
+"""
+
+PARALLEL = """\
+steps:
+  - name: Install
+    run: echo deps
+  - name: Test Backend
+    run: sleep 0.3; echo backend ok
+    parallel: true
+  - name: Test Frontend
+    run: echo frontend ok
+    parallel: true
+  - name: Package
+    run: echo packaged
+"""
+
+
+def test_run_prefixes_every_line_with_its_step_and_ends_with_a_summary(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, SMALLEST)
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert "Install | installing" in out
+    assert "Test    | testing" in out
+    assert any(line.startswith("Install ▶ started: echo installing") for line in out)
+    assert any(line.startswith("Test    ✔ success exit 0 in ") for line in out)
+    table = out[out.index(next(line for line in out if line.startswith("STEP"))) :]
+    assert table[0].split() == ["STEP", "STATUS", "EXIT", "DURATION"]
+    assert table[1].split()[:3] == ["Install", "success", "0"]
+    assert table[-1].startswith("pipeline ✔ success in ")
+    assert "(3 success)" in table[-1]
+    assert "\x1b[" not in done.stdout  # not a terminal: no colour
+
+
+def test_the_parallel_example_runs_the_group_together(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, PARALLEL, "ci.yml")
+    done = goci("run", "ci.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    # Frontend finishes while Backend still sleeps: the group ran at the same time.
+    assert out.index("Test Frontend | frontend ok") < out.index("Test Backend  | backend ok")
+    assert out.index("Test Backend  ✔ success") < out.index("Package       ▶ started")
+
+
+def test_a_failing_step_exits_1_and_skips_the_rest(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, SMALLEST.replace("echo testing", "echo no >&2; exit 7"))
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Test    ✘ failure exit 7" in done.stdout
+    assert "Build   ○ skipped ('Test' failed)" in done.stdout
+    assert "pipeline ✘ failure" in done.stdout
+
+
+def test_a_timeout_exits_1_with_the_message(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "steps: [{name: Slow, run: sleep 30, timeout: 1s}]")
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Slow ✘ failure exit 143 in" in done.stdout
+    assert "(timed out after 1s)" in done.stdout
+
+
+def test_allowed_failures_exit_0(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "steps: [{run: exit 1, allow_failure: true}]")
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "(failure allowed)" in done.stdout
+
+
+def test_an_invalid_pipeline_exits_2_with_every_problem_and_runs_nothing(tmp_path: Path) -> None:
+    write_pipeline(
+        tmp_path,
+        """\
+        steps:
+          - name: Build
+            run: touch ran
+            neds: [Test]
+          - name: Build
+            run: echo
+            timeout: 90
+        """.replace("        ", ""),
+    )
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    err = done.stderr
+    assert ".goci.yml:4:5: steps[0]: unknown key 'neds' (did you mean 'needs'?)" in err
+    assert ".goci.yml:5:11: steps[1].name: duplicate step name 'Build'" in err
+    assert ".goci.yml:7:14: steps[1].timeout:" in err
+    assert "goci: 3 problems in .goci.yml" in err
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_missing_pipeline_file_exits_2_with_a_hint(tmp_path: Path) -> None:
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "goci: no pipeline file '.goci.yml' in" in done.stderr
+    assert "pass a file: goci run path/to/pipeline.yml" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "NOEQUALS"], "--env 'NOEQUALS': expected NAME=VALUE"),
+        (["--env", "1BAD=x"], "--env '1BAD=x': expected NAME=VALUE"),
+        (["--jobs", "0"], "argument --jobs: '0' is not a whole number of at least 1"),
+        (["--event", "merge"], "argument --event: invalid choice: 'merge'"),
+        (["--log-cap", "lots"], "argument --log-cap: 'lots' is not a size"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_command_lines_exit_2_and_run_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    write_pipeline(tmp_path, "steps: [{run: touch ran}]")
+    done = goci("run", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "ran").exists()
+
+
+def test_image_steps_are_refused_until_the_docker_executor_exists(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "image: alpine:3\nsteps: [{run: touch ran}]")
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "container steps need the Docker executor" in done.stderr
+    assert not (tmp_path / "ran").exists()
+
+
+def test_env_branch_and_event_options_reach_the_steps(tmp_path: Path) -> None:
+    write_pipeline(
+        tmp_path,
+        """\
+steps:
+  - {name: Show, run: 'echo "$A $B"'}
+  - {name: Deploy, run: echo deploying, when: {branch: main, event: push}}
+""",
+    )
+    done = goci(
+        "run", "--env", "A=1", "--env", "B=x=y", "--branch", "main", "--event", "push",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "Show   | 1 x=y" in done.stdout
+    assert "Deploy | deploying" in done.stdout
+    done = goci("run", "--branch", "dev", "--event", "push", cwd=tmp_path)
+    assert "Deploy ○ skipped (when: does not match branch dev, event push)" in done.stdout
+    assert done.returncode == 0
+
+
+def test_timestamps_prefix_each_line_with_the_time(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "steps: [{name: T, run: echo hi}]")
+    done = goci("run", "--timestamps", cwd=tmp_path)
+    line = next(ln for ln in done.stdout.splitlines() if ln.endswith(" hi"))
+    prefix, stamp, text = line.split(" ", 2)[0], line.split(" ")[2], line.split(" ")[3]
+    assert prefix == "T"
+    assert len(stamp) == len("12:34:56.789")
+    assert stamp[2] == stamp[5] == ":"
+    assert text == "hi"
+
+
+def test_the_branch_defaults_to_the_checked_out_git_branch(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", "-b", "trunk", str(tmp_path)], check=True)
+    write_pipeline(tmp_path, "steps: [{run: echo yes, when: {branch: trunk}}]")
+    done = goci("run", cwd=tmp_path)
+    assert "step 1 | yes" in done.stdout
+
+
+def run_in_terminal(tmp_path: Path, env: dict[str, str]) -> str:
+    """Run `goci run` with its stdout on a pseudo-terminal and return what it showed."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "goci.cli", "run"],
+        cwd=tmp_path,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(primary)
+    return b"".join(chunks).decode()
+
+
+def test_colour_on_a_terminal_unless_no_color_is_set(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, SMALLEST)
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    coloured = run_in_terminal(tmp_path, {**env, "NO_COLOR": ""})
+    assert "\x1b[36mInstall\x1b[0m | installing" in coloured
+    assert "\x1b[32m✔ success\x1b[0m" in coloured
+    plain = run_in_terminal(tmp_path, {"NO_COLOR": "1"})
+    assert "\x1b[" not in plain
+    assert "Install | installing" in plain
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_stops_every_step_within_2_seconds(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    marker = f"98765{code}"
+    write_pipeline(
+        tmp_path,
+        f"""\
+steps:
+  - {{name: A, run: "sleep {marker}", parallel: true}}
+  - {{name: B, run: "trap '' TERM INT; sleep {marker}", parallel: true}}
+  - {{name: C, run: "touch ran"}}
+""",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "goci.cli", "run"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 10
+    while len(processes_matching(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    began = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - began < 2
+    assert proc.returncode == code
+    assert "goci: interrupted; every step was stopped" in err
+    assert "A ■ canceled" in out
+    assert "B ■ canceled" in out
+    assert "C ○ skipped (the pipeline was canceled)" in out
+    assert processes_matching(f"sleep {marker}") == []
+    assert not (tmp_path / "ran").exists()
+
+
+def test_validate_prints_ok_or_every_problem(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, SMALLEST)
+    done = goci("validate", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, ".goci.yml: valid, 3 steps\n")
+    bad = write_pipeline(tmp_path, "steps:\n  - run: [a]\n  - nmae: x\n", "bad.yml")
+    done = goci("validate", str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"{bad}:2:10: steps[0].run: expected a string, found a list" in done.stderr
+    assert f"{bad}:3:5: steps[1]: unknown key 'nmae' (did you mean 'name'?)" in done.stderr
+
+
+def test_schema_prints_a_json_schema(tmp_path: Path) -> None:
+    done = goci("schema", cwd=tmp_path)
+    schema = json.loads(done.stdout)
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert "steps" in schema["properties"]
+
+
+def test_the_goci_console_command_is_installed() -> None:
+    command = Path(sys.executable).parent / "goci"
+    if not command.exists() and os.environ.get("CI") != "true":
+        pytest.skip("goci is not installed in this environment (run `make test`)")
+    done = subprocess.run([command, "--help"], capture_output=True, text=True, check=True)
+    assert "run" in done.stdout
+    assert "validate" in done.stdout
