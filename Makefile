@@ -28,6 +28,7 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
 up: $(VENV)/.installed
 	$(PY) manage.py check --fail-level ERROR
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	@echo
 	@echo "Goci is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
 	@echo "First time? Create an admin: $(PY) manage.py createsuperuser"

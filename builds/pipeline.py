@@ -6,6 +6,7 @@ Public API (other modules depend on these names):
 
 - ``load(data, filename) -> Pipeline``: parse + validate + plan check; raises
   ``PipelineError`` carrying *every* problem found.
+- ``load_file(path) -> Pipeline``: the same for a file, refusing big files unread.
 - ``plan(pipeline) -> dict[str, tuple[str, ...]]``: step name -> names it waits for.
 - ``parse_duration(text) -> int`` seconds.
 - ``json_schema() -> dict``: JSON Schema (draft-07) of the format, for editors.
@@ -13,9 +14,32 @@ Public API (other modules depend on these names):
 
 from __future__ import annotations
 
+import codecs
+import copy
+import difflib
 import fnmatch
-from collections.abc import Mapping
+import os
+import posixpath
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar, cast
+
+from yaml.composer import Composer
+from yaml.error import MarkedYAMLError, YAMLError
+from yaml.events import AliasEvent, CollectionStartEvent, Event, NodeEvent, StreamEndEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
+
+try:
+    from yaml._yaml import CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    CParser = None  # type: ignore[assignment,misc]  # _parser() then uses PyYAML's own
 
 EVENTS = ("push", "pull_request", "tag", "manual", "cron", "api")
 
@@ -84,3 +108,1099 @@ class Pipeline:
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: int | None = None  # seconds, the whole pipeline
     filename: str = "<pipeline>"
+
+
+# Limits that protect the server from hostile or broken files; all are checked
+# before anything is expanded, so a bad file costs little to refuse.
+MAX_BYTES = 1_048_576
+MAX_DEPTH = 64
+# A 500-step pipeline that merges a few anchors into every step stays around
+# 30,000 nodes; "billion laughs" documents pass millions within a few levels.
+MAX_NODES = 100_000
+MAX_STEPS = 500
+MAX_NAME = 100
+
+RESERVED_KEYS = (
+    "matrix",
+    "services",
+    "secrets",
+    "artifacts",
+    "cache",
+    "runs-on",
+    "jobs",
+    "on",
+    "if",
+)
+
+_YAML_TAG = "tag:yaml.org,2002:"
+_CORE_TAGS = frozenset(
+    _YAML_TAG + name for name in ("str", "int", "bool", "null", "float", "map", "seq")
+)
+_MERGE_TAG = _YAML_TAG + "merge"
+
+# Shared by parse_duration and the JSON schema (ECMA-262 and Python agree on it).
+_DURATION = r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$"
+_DURATION_RE = re.compile(_DURATION)
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_NAME_RE = re.compile(_ENV_NAME)
+# What YAML parsers refuse (PyYAML's set, minus a byte-order mark inside the text,
+# which libyaml refuses); checked first so both parsers report it the same way.
+_NOT_PRINTABLE = re.compile(
+    "[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+
+_Schema = dict[str, object]
+
+# YAML editors type `010` or `yes` as a number or a boolean, but Goci keeps the
+# text as written, so string-valued keys accept those types in the schema.
+_TEXT: _Schema = {"type": ["string", "number", "boolean"]}
+_NAMES: _Schema = {"anyOf": [_TEXT, {"type": "array", "items": _TEXT}]}
+_DURATION_SCHEMA: _Schema = {"type": "string", "minLength": 1, "pattern": _DURATION}
+_ENV_SCHEMA: _Schema = {
+    "type": "object",
+    "propertyNames": {
+        "pattern": _ENV_NAME,
+        "not": {"anyOf": [{"enum": ["CI", "GOCI"]}, {"pattern": "^GOCI_"}]},
+    },
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+}
+
+# The keys of the format: the validator refuses any other key and json_schema()
+# is built from these tables, so the two cannot drift apart.
+_PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
+    "name": ("Name of the pipeline.", {**_TEXT, "minLength": 1, "maxLength": MAX_NAME}),
+    "image": (
+        "Default container image of every step, e.g. golang:1.22; "
+        "without it steps run in the host shell.",
+        {**_TEXT, "minLength": 1},
+    ),
+    "env": (
+        "Environment variables of every step; a step's own env is merged over them.",
+        _ENV_SCHEMA,
+    ),
+    "timeout": ("Time limit of the whole pipeline: 90s, 10m, 1h, 1h30m.", _DURATION_SCHEMA),
+    "steps": (
+        "Required. The steps to run, in file order.",
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_STEPS,
+            "items": {"$ref": "#/definitions/step"},
+        },
+    ),
+}
+_STEP_KEYS: dict[str, tuple[str, _Schema]] = {
+    "name": (
+        "Unique name of the step, one line; default `step N` (1-based).",
+        {**_TEXT, "minLength": 1, "maxLength": MAX_NAME, "pattern": r"^[^\r\n]*$"},
+    ),
+    "run": ("Required. Shell script run with `sh -e` (or `shell`); may span lines.", _TEXT),
+    "shell": (
+        "Interpreter of `run`, one word such as sh or bash; default sh.",
+        {"type": "string", "pattern": r"^\S+$"},
+    ),
+    "image": (
+        "Container image of this step; default the pipeline's image.",
+        {**_TEXT, "minLength": 1},
+    ),
+    "parallel": (
+        "Consecutive steps with `parallel: true` start together once the step before them "
+        "has succeeded; the next step waits for all of them.",
+        {"type": "boolean"},
+    ),
+    "needs": (
+        "Steps this step waits for, a name or a list; replaces the implicit order. "
+        "`needs: []` starts at once.",
+        _NAMES,
+    ),
+    "env": ("Environment variables of this step, merged over the pipeline's env.", _ENV_SCHEMA),
+    "workdir": (
+        "Working directory, relative to the workspace; must not leave it.",
+        {**_TEXT, "minLength": 1},
+    ),
+    "timeout": (
+        "Time limit of the step: 90s, 10m, 1h, 1h30m; the step then fails.",
+        _DURATION_SCHEMA,
+    ),
+    "retry": (
+        "Re-run a failed step up to N more times (0 to 5).",
+        {"type": "integer", "minimum": 0, "maximum": 5},
+    ),
+    "allow_failure": (
+        "A failure of this step neither fails the pipeline nor skips the steps that need it.",
+        {"type": "boolean"},
+    ),
+    "when": (
+        "Run only if every given condition matches; otherwise the step is skipped.",
+        {"allOf": [{"$ref": "#/definitions/when"}]},
+    ),
+}
+_WHEN_KEYS: dict[str, tuple[str, _Schema]] = {
+    "branch": ("Branch name or glob pattern (release/*), or a list of them.", _NAMES),
+    "event": (
+        "Event or list of events: " + ", ".join(EVENTS) + ".",
+        {
+            "anyOf": [
+                {"enum": list(EVENTS)},
+                {"type": "array", "minItems": 1, "items": {"enum": list(EVENTS)}},
+            ]
+        },
+    ),
+}
+
+# Keys that users bring from other CI systems, with what Goci calls them.
+_PIPELINE_HINTS = {
+    "pipeline": "Goci calls this 'steps', a list of steps",
+    "variables": "Goci calls this 'env'",
+    "environment": "Goci calls this 'env'",
+    "container": "Goci calls this 'image'",
+    "stages": "steps run in file order; use 'parallel' and 'needs' to change that",
+    "when": "put 'when' on the steps it applies to",
+    "trigger": "put 'when' on the steps it applies to",
+}
+_RUN_HINT = "Goci calls this 'run', one script with a command per line"
+_STEP_HINTS = {
+    "depends_on": "Goci calls this 'needs'",
+    "commands": _RUN_HINT,
+    "script": _RUN_HINT,
+    "environment": "Goci calls this 'env'",
+    "variables": "Goci calls this 'env'",
+    "container": "Goci calls this 'image'",
+    "allow_failures": "Goci calls this 'allow_failure'",
+    "continue-on-error": "Goci calls this 'allow_failure'",
+    "failure": "for `failure: ignore` write `allow_failure: true`",
+    "working_directory": "Goci calls this 'workdir'",
+    "working-directory": "Goci calls this 'workdir'",
+    "timeout-minutes": "write `timeout: 30m`",
+    "timeout_in_minutes": "write `timeout: 30m`",
+    "group": "mark consecutive steps with `parallel: true`",
+    "only": "use 'when' with 'branch' and 'event'",
+    "except": "use 'when' with 'branch' and 'event'",
+    "rules": "use 'when' with 'branch' and 'event'",
+}
+
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------
+# Public functions
+
+
+def load(data: bytes | str, filename: str = "<pipeline>") -> Pipeline:
+    """Read a pipeline file strictly; raise one PipelineError with every problem."""
+    text = _decode(data, filename)
+    loader, root, problems = _compose(text, filename)
+    checker = _Checker(filename, loader.rejected)
+    checker.problems.extend(problems)
+    checker.check_mappings(root)
+    pipeline = checker.read_pipeline(root)
+    if checker.problems or pipeline is None:
+        raise PipelineError(checker.problems)
+    return pipeline
+
+
+def load_file(path: str | os.PathLike[str]) -> Pipeline:
+    """Load a pipeline file; its size is checked before it is read."""
+    filename = os.fspath(path)
+    with Path(filename).open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_BYTES:
+            raise PipelineError([Problem(filename, 1, 1, "", _too_big(size))])
+        # One byte more than allowed: a file that grows after fstat is still caught.
+        data = file.read(MAX_BYTES + 1)
+    return load(data, filename)
+
+
+def plan(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
+    """Step name -> names of the steps it waits for (see docs/pipeline.md)."""
+    waits = _waits_for([(s.name, s.parallel, s.needs) for s in pipeline.steps])
+    return {step.name: wait for step, wait in zip(pipeline.steps, waits, strict=True)}
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `10m`, `1h`, `1h30m`, `2h5m10s` -> seconds; ValueError otherwise."""
+    example = "write e.g. 90s, 10m, 1h or 1h30m"
+    if not text:
+        raise ValueError(f"the duration is empty; {example}")
+    # Long digit strings would only hit int()'s own limit; no timeout needs them.
+    match = _DURATION_RE.fullmatch(text) if len(text) <= 32 else None
+    if match is None:
+        if text.isascii() and text.isdigit() and len(text) <= 32:
+            raise ValueError(
+                f"the duration {text!r} has no unit; write {text}s, {text}m or {text}h"
+            )
+        if text.startswith("-"):
+            raise ValueError(f"the duration {text!r} is negative; {example}")
+        raise ValueError(f"invalid duration {text!r}; {example}")
+    hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total == 0:
+        raise ValueError(f"the duration {text!r} is zero; {example}")
+    return total
+
+
+def json_schema() -> dict[str, object]:
+    """JSON Schema (draft-07) of the format, for editors such as VS Code."""
+
+    def properties(table: dict[str, tuple[str, _Schema]]) -> _Schema:
+        return {key: {"description": text, **schema} for key, (text, schema) in table.items()}
+
+    schema: dict[str, object] = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "Goci pipeline",
+        "description": "A Goci pipeline file (.goci.yml). See docs/pipeline.md.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["steps"],
+        "properties": properties(_PIPELINE_KEYS),
+        "definitions": {
+            "step": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["run"],
+                "properties": properties(_STEP_KEYS),
+            },
+            "when": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": properties(_WHEN_KEYS),
+            },
+        },
+    }
+    # The tables share sub-dicts; a caller that edits its schema must not edit them.
+    return copy.deepcopy(schema)
+
+
+# ---------------------------------------------------------------------------
+# Bytes -> text -> YAML node tree (never Python objects)
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"the file is {size / MAX_BYTES:.1f} MiB ({size} bytes); "
+        f"a pipeline file may be at most 1 MiB ({MAX_BYTES} bytes)"
+    )
+
+
+def _decode(data: bytes | str, filename: str) -> str:
+    if isinstance(data, str):
+        if len(data) > MAX_BYTES:  # at least that many bytes: no need to encode it
+            raise PipelineError([Problem(filename, 1, 1, "", _too_big(len(data)))])
+        # As bytes, text is measured like a file and a lone surrogate fails like bad UTF-8.
+        data = data.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_BYTES:
+        raise PipelineError([Problem(filename, 1, 1, "", _too_big(len(data)))])
+    bom = data.startswith(codecs.BOM_UTF8)
+    body = data[len(codecs.BOM_UTF8) :] if bom else data
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = body.count(b"\n", 0, error.start) + 1
+        line_start = body.rfind(b"\n", 0, error.start) + 1
+        # Everything before the bad byte decoded fine, so this slice does too.
+        column = len(body[line_start : error.start].decode("utf-8")) + 1
+        offset = error.start + (len(codecs.BOM_UTF8) if bom else 0)
+        message = (
+            f"not valid UTF-8 at byte {offset} (line {line}, column {column}); "
+            "save the file as UTF-8"
+        )
+        raise PipelineError([Problem(filename, line, column, "", message)]) from None
+    bad = _NOT_PRINTABLE.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - text.rfind("\n", 0, bad.start())
+        message = f"the character U+{ord(bad.group()):04X} is not allowed in YAML; remove it"
+        raise PipelineError([Problem(filename, line, column, "", message)])
+    return text
+
+
+class _Position(Protocol):
+    """A YAML mark, from PyYAML or libyaml: 0-based line and column."""
+
+    @property
+    def line(self) -> int: ...
+    @property
+    def column(self) -> int: ...
+
+
+def _problem(filename: str, mark: _Position | None, path: str, message: str) -> Problem:
+    if mark is None:
+        return Problem(filename, 1, 1, path, message)
+    return Problem(filename, mark.line + 1, mark.column + 1, path, message)
+
+
+def _show_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
+
+
+class _PyParser(Reader, Scanner, Parser):
+    """PyYAML's own parser, used when PyYAML was built without libyaml."""
+
+    def __init__(self, text: str) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+
+
+def _parser(text: str) -> CParser | _PyParser:
+    # libyaml's parser is several times faster on big hostile files.
+    return _PyParser(text) if CParser is None else CParser(text)
+
+
+class _Loader(Composer, Resolver):
+    """A YAML parser's events composed into nodes; there is no constructor at all.
+
+    The result is a tree of nodes with positions: no tag can make it build a
+    Python object or run code. It also counts nodes and nesting as they come,
+    and notes unsupported tags and aliases.
+    """
+
+    def __init__(self, text: str, filename: str) -> None:
+        Composer.__init__(self)
+        Resolver.__init__(self)
+        self.parser = _parser(text)
+        self.filename = filename
+        self.depth = 0
+        self.nodes = 0
+        self.rejected: dict[int, str] = {}  # id of a node with an unsupported tag -> the tag
+        self.aliases: list[tuple[_Position | None, str, Node]] = []  # (where, anchor name, node)
+
+    # The three calls Composer makes to its parser.
+    def check_event(self, *choices: type[Event]) -> bool:
+        return self.parser.check_event(*choices)
+
+    def peek_event(self) -> Event:
+        return cast("Event", self.parser.peek_event())
+
+    def get_event(self) -> Event:
+        return cast("Event", self.parser.get_event())
+
+    def fatal(self, mark: _Position | None, message: str) -> PipelineError:
+        return PipelineError([_problem(self.filename, mark, "", message)])
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            if event.anchor not in self.anchors:
+                name = event.anchor
+                raise self.fatal(
+                    event.start_mark, f"unknown alias '*{name}': define '&{name}' before using it"
+                )
+            node = super().compose_node(parent, index)
+            if node is not None:
+                self.aliases.append((event.start_mark, str(event.anchor), node))
+            return node
+        assert isinstance(event, NodeEvent)
+        # Stop as soon as a limit is passed: the rest would only cost time and memory.
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.fatal(
+                event.start_mark,
+                f"the YAML has more than {MAX_NODES} nodes; a pipeline needs far fewer",
+            )
+        nested = isinstance(event, CollectionStartEvent)
+        if nested:
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.fatal(
+                    event.start_mark, f"the YAML is nested more than {MAX_DEPTH} levels deep"
+                )
+        if event.anchor is not None:
+            # YAML lets a later anchor reuse a name (GitLab files do) and aliases then
+            # mean the newest node; PyYAML refuses that, so forget the older node.
+            self.anchors.pop(event.anchor, None)
+        node = super().compose_node(parent, index)
+        if nested:
+            self.depth -= 1
+        tag = getattr(event, "tag", None)
+        if node is not None and tag not in (None, "!") and tag not in _CORE_TAGS:
+            # Reported by the checker, which knows the node's path.
+            self.rejected[id(node)] = _show_tag(str(tag))
+        return node
+
+
+def _compose(text: str, filename: str) -> tuple[_Loader, Node, list[Problem]]:
+    """The node tree of the first document; a second document is a problem, not a stop."""
+    problems = []
+    loader = _Loader(text, filename)
+    try:
+        loader.get_event()  # stream start
+        if loader.check_event(StreamEndEvent):
+            raise loader.fatal(None, "the file is empty: a pipeline needs `steps:`")
+        root = loader.compose_document()
+        if not loader.check_event(StreamEndEvent):
+            # Still check the first document: its problems are worth knowing too.
+            message = "expected one YAML document, found several (a second one starts here)"
+            problems.append(_problem(filename, loader.peek_event().start_mark, "", message))
+    except MarkedYAMLError as error:
+        raise PipelineError([_syntax_problem(error, text, filename)]) from None
+    except YAMLError as error:  # ReaderError: _decode already refused what it refuses
+        raise loader.fatal(None, f"invalid YAML: {error}") from None
+    finally:
+        loader.parser.dispose()
+    if root is None or _is_empty(root):
+        empty = _problem(filename, None, "", "the file is empty: a pipeline needs `steps:`")
+        raise PipelineError(problems or [empty])
+    if loader.aliases:
+        _check_aliases(loader, root)
+    return loader, root, problems
+
+
+# PyYAML names tokens by their grammar names; say what the user sees instead.
+_TOKEN_WORDS = {
+    "<block end>": "the end of an indented block",
+    "<block mapping start>": "a new key",
+    "<block sequence start>": "a list item",
+    "<stream end>": "the end of the file",
+    "<document start>": "'---'",
+    "<scalar>": "a value",
+}
+
+
+def _syntax_problem(error: MarkedYAMLError, text: str, filename: str) -> Problem:
+    mark = error.problem_mark or error.context_mark
+    problem = error.problem or "invalid YAML"
+    for token, words in _TOKEN_WORDS.items():
+        problem = problem.replace(f"'{token}'", words).replace(token, words)
+    if problem.startswith("mapping values are not allowed"):
+        problem += " (quote a value that contains ': ', or check the indentation)"
+    message = f"invalid YAML: {problem}"
+    if error.context and error.context_mark is not None:
+        message += f" ({error.context} that starts on line {error.context_mark.line + 1})"
+    # Tabs are the most common cause; libyaml does not name the character.
+    lines = text.split("\n")  # YAML also breaks lines at a lone \r: guard the index
+    if mark is not None and mark.line < len(lines) and lines[mark.line][mark.column :][:1] == "\t":
+        message = "invalid YAML: found a tab character; indent YAML with spaces"
+    return _problem(filename, mark, "", message)
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_aliases(loader: _Loader, root: Node) -> None:
+    """Refuse documents whose aliases expand too far, without expanding them.
+
+    Each distinct node is visited once (memoised), so "billion laughs" costs
+    as little as its text; sizes saturate at MAX_NODES + 1 to keep numbers small.
+    """
+    sizes: dict[int, int] = {}
+    depths: dict[int, int] = {}
+    on_path: set[int] = set()
+    # Iterative: alias chains can be far longer than Python's recursion limit.
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            children = _children(node)
+            sizes[key] = min(MAX_NODES + 1, 1 + sum(sizes[id(child)] for child in children))
+            if isinstance(node, ScalarNode):
+                depths[key] = 0
+            else:
+                depths[key] = 1 + max((depths[id(child)] for child in children), default=0)
+        elif key in on_path:
+            name, mark = next((n, m) for m, n, target in loader.aliases if target is node)
+            raise loader.fatal(mark, f"recursive alias '*{name}': a node cannot contain itself")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+    def worst(measure: dict[int, int]) -> tuple[_Position | None, str, int]:
+        mark, name, node = max(loader.aliases, key=lambda alias: measure[id(alias[2])])
+        return mark, name, measure[id(node)]
+
+    if sizes[id(root)] > MAX_NODES:
+        mark, name, size = worst(sizes)
+        amount = f"more than {MAX_NODES}" if size > MAX_NODES else str(size)
+        raise loader.fatal(
+            mark,
+            f"YAML aliases expand to more than {MAX_NODES} nodes (billion laughs?); "
+            f"'*{name}' alone stands for {amount} nodes",
+        )
+    if depths[id(root)] > MAX_DEPTH:
+        mark, name, _ = worst(depths)
+        raise loader.fatal(
+            mark, f"YAML alias '*{name}' nests the document more than {MAX_DEPTH} levels deep"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Node tree -> Pipeline, collecting every problem
+
+
+def _is_empty(node: Node) -> bool:
+    """`key:` with nothing after it (not `key: ""`)."""
+    # PyYAML marks a plain scalar with style None, libyaml with "".
+    return isinstance(node, ScalarNode) and node.value == "" and not node.style
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if _is_empty(node):
+        return "nothing"
+    text = str(node.value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean {matches[0]!r}?" if matches else None
+
+
+def _parse_name(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the name is empty")
+    if "\n" in text or "\r" in text:
+        raise ValueError("a name must fit on one line")
+    if len(text) > MAX_NAME:
+        raise ValueError(f"a name may be at most {MAX_NAME} characters, this one has {len(text)}")
+    return text
+
+
+def _parse_run(text: str) -> str:
+    if not text.strip():
+        raise ValueError("`run` is empty: write the commands this step runs")
+    return text
+
+
+def _parse_image(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the image is empty: name one such as golang:1.22, or remove `image:`")
+    return text
+
+
+def _parse_shell(text: str) -> str:
+    if not text or any(char.isspace() for char in text):
+        raise ValueError(f"the shell must be one word such as 'sh' or 'bash', found {text!r}")
+    return text
+
+
+def _parse_bool(text: str) -> bool:
+    # Only true/false: YAML 1.1 also reads yes/no/on/off as booleans, a classic trap.
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError(f"expected true or false, found {text!r}")
+
+
+def _parse_retry(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"expected a whole number from 0 to 5, found {text!r}")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 1 or int(digits) > 5:
+        raise ValueError(f"retry may be at most 5, found {text}")
+    return int(digits)
+
+
+def _parse_workdir(text: str) -> str:
+    if not text.strip():
+        raise ValueError("workdir is empty; remove it to run in the workspace itself")
+    if posixpath.isabs(text) or text.startswith("\\") or re.match(r"[A-Za-z]:[\\/]", text):
+        raise ValueError(f"workdir must be relative to the workspace, found {text!r}")
+    depth = 0
+    for part in text.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"workdir {text!r} leaves the workspace")
+        elif part not in ("", "."):
+            depth += 1
+    return text
+
+
+def _waits_for(
+    steps: Sequence[tuple[str, bool, tuple[str, ...] | None]],
+) -> list[tuple[str, ...]]:
+    """The dependency rule: explicit needs, else every step of the previous stage.
+
+    Consecutive `parallel` steps form one stage; every other step is a stage alone.
+    """
+    waits: list[tuple[str, ...]] = []
+    previous: list[str] = []
+    current: list[str] = []
+    for index, (name, parallel, needs) in enumerate(steps):
+        if not (parallel and index > 0 and steps[index - 1][1]):
+            previous, current = current, []
+        current.append(name)
+        waits.append(needs if needs is not None else tuple(previous))
+    return waits
+
+
+def _components(graph: list[list[int]]) -> list[list[int]]:
+    """Strongly connected components (Kosaraju); iterative, so no chain hits the recursion limit."""
+    seen = [False] * len(graph)
+    order: list[int] = []
+    for start in range(len(graph)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack = [(start, iter(graph[start]))]
+        while stack:
+            vertex, successors = stack[-1]
+            for successor in successors:
+                if not seen[successor]:
+                    seen[successor] = True
+                    stack.append((successor, iter(graph[successor])))
+                    break
+            else:
+                stack.pop()
+                order.append(vertex)
+    reverse: list[list[int]] = [[] for _ in graph]
+    for vertex, targets in enumerate(graph):
+        for target in targets:
+            reverse[target].append(vertex)
+    assigned = [False] * len(graph)
+    components: list[list[int]] = []
+    for start in reversed(order):
+        if assigned[start]:
+            continue
+        assigned[start] = True
+        members, todo = [start], [start]
+        while todo:
+            for other in reverse[todo.pop()]:
+                if not assigned[other]:
+                    assigned[other] = True
+                    members.append(other)
+                    todo.append(other)
+        components.append(members)
+    return components
+
+
+def _cycle_from(start: int, graph: list[list[int]], members: set[int]) -> list[int]:
+    """Shortest cycle start -> ... -> start inside one strongly connected component."""
+    parent: dict[int, int] = {}
+    queue = deque([start])
+    while queue:
+        vertex = queue.popleft()
+        for successor in graph[vertex]:
+            if successor == start:
+                path = [vertex]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [*reversed(path), start]
+            if successor in members and successor not in parent:
+                parent[successor] = vertex
+                queue.append(successor)
+    raise AssertionError("a strongly connected component always has a cycle")
+
+
+@dataclass
+class _Draft:
+    """What the DAG checks need of one step, even when the step itself is wrong."""
+
+    index: int
+    node: Node
+    name: str | None  # None when the name itself is wrong (already reported)
+    name_node: Node
+    name_path: str
+    parallel: bool = False
+    needs: list[tuple[str, Node, str]] | None = None  # (name, node, path)
+    step: Step | None = None  # None when the step has problems
+
+
+class _Checker:
+    def __init__(self, filename: str, rejected: dict[int, str]) -> None:
+        self.filename = filename
+        self.rejected = rejected
+        self.problems: list[Problem] = []
+
+    def add(self, node: Node, path: str, message: str) -> None:
+        self.problems.append(_problem(self.filename, node.start_mark, path, message))
+
+    # -- every mapping of the document, known keys or not
+
+    def check_mappings(self, root: Node) -> None:
+        """Tags, duplicate keys, non-string keys and bad merges, anywhere in the file."""
+        seen: set[int] = set()
+
+        def walk(node: Node, path: str) -> None:
+            # An alias is the same node as its anchor: check it once, where it is written.
+            if id(node) in seen:
+                return
+            seen.add(id(node))
+            self.check_tag(node, path)
+            if isinstance(node, SequenceNode):
+                for index, item in enumerate(node.value):
+                    walk(item, f"{path}[{index}]")
+                return
+            if not isinstance(node, MappingNode):
+                return
+            first: dict[str, Node] = {}
+            for key, value in node.value:
+                if id(key) in self.rejected:
+                    self.check_tag(key, path)
+                    continue
+                if not isinstance(key, ScalarNode):
+                    self.add(key, path, f"a key must be a name, found {_describe(key)}")
+                    continue
+                name = str(key.value)
+                if key.tag == _MERGE_TAG:
+                    self.check_merge(key, value, path)
+                    walk(value, path)
+                    continue
+                if name in first:
+                    line = first[name].start_mark.line + 1
+                    message = f"duplicate key {name!r} (first defined on line {line})"
+                    self.add(key, _join(path, name), message)
+                else:
+                    first[name] = key
+                walk(value, _join(path, name))
+
+        walk(root, "")
+
+    def check_tag(self, node: Node, path: str) -> None:
+        if id(node) in self.rejected:
+            tag = self.rejected[id(node)]
+            self.add(node, path, f"unsupported tag {tag!r}: Goci reads plain YAML; remove the tag")
+
+    def check_merge(self, key: Node, value: Node, path: str) -> None:
+        sources = list(value.value) if isinstance(value, SequenceNode) else [value]
+        for source in sources:
+            if not isinstance(source, MappingNode) and id(source) not in self.rejected:
+                # Reported at `<<`: an aliased value's position is where its anchor is.
+                message = f"'<<' merges mappings only, found {_describe(source)}"
+                if isinstance(value, SequenceNode) and isinstance(source, ScalarNode):
+                    message += " (YAML merge keys cannot splice lists)"
+                self.add(key, path, message)
+                return
+
+    def pairs(self, node: MappingNode) -> dict[str, tuple[Node, Node]]:
+        """Key name -> (key node, value node), with `<<` merges applied."""
+        explicit: dict[str, tuple[Node, Node]] = {}
+        merged: dict[str, tuple[Node, Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode) or id(key) in self.rejected:
+                continue
+            if key.tag != _MERGE_TAG:
+                explicit.setdefault(str(key.value), (key, value))
+                continue
+            sources = list(value.value) if isinstance(value, SequenceNode) else [value]
+            for source in sources:
+                if isinstance(source, MappingNode) and id(source) not in self.rejected:
+                    # Mappings earlier in `<<: [*a, *b]` win, as the YAML merge spec says.
+                    for name, pair in self.pairs(source).items():
+                        merged.setdefault(name, pair)
+        return merged | explicit  # keys written in the mapping override merged ones
+
+    # -- typed readers: each reports what is wrong and returns None
+
+    def mapping(self, node: Node, path: str, expected: str) -> dict[str, tuple[Node, Node]] | None:
+        if id(node) in self.rejected:
+            return None
+        if not isinstance(node, MappingNode):
+            self.add(node, path, f"expected {expected}, found {_describe(node)}")
+            return None
+        return self.pairs(node)
+
+    def text(self, node: Node, path: str, expected: str = "a string") -> str | None:
+        if id(node) in self.rejected:
+            return None
+        if not isinstance(node, ScalarNode):
+            message = f"expected {expected}, found {_describe(node)}"
+            if isinstance(node, MappingNode) and any(
+                k.value == "from_secret" for k, _ in node.value
+            ):
+                message += " (secrets are not supported yet)"
+            self.add(node, path, message)
+            return None
+        # The text as written: `010`, `yes` and `12:30` stay strings, never 8, True, 750.
+        return str(node.value)
+
+    def scalar(
+        self,
+        pairs: dict[str, tuple[Node, Node]],
+        key: str,
+        path: str,
+        parse: Callable[[str], _T],
+        expected: str = "a string",
+    ) -> _T | None:
+        if key not in pairs:
+            return None
+        node, where = pairs[key][1], _join(path, key)
+        text = self.text(node, where, expected)
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as error:
+            self.add(node, where, str(error))
+            return None
+
+    def names(
+        self, node: Node, path: str, *, allow_empty: bool
+    ) -> list[tuple[str, Node, str]] | None:
+        """A name or a list of names, each with its node and path."""
+        if id(node) in self.rejected:
+            return None
+        if isinstance(node, ScalarNode) and not _is_empty(node):
+            return [(str(node.value), node, path)]
+        if not isinstance(node, SequenceNode):
+            self.add(node, path, f"expected a name or a list of names, found {_describe(node)}")
+            return None
+        if not node.value and not allow_empty:
+            self.add(node, path, "the list is empty, so it would never match; remove it")
+            return None
+        found = []
+        for index, item in enumerate(node.value):
+            text = self.text(item, f"{path}[{index}]", "a name")
+            if text is not None:
+                found.append((text, item, f"{path}[{index}]"))
+        return found
+
+    def check_keys(
+        self,
+        pairs: dict[str, tuple[Node, Node]],
+        path: str,
+        known: Mapping[str, object],
+        hints: Mapping[str, str],
+        *,
+        reserved: bool = True,
+        fallback: str | None = None,
+    ) -> None:
+        for name, (key, _) in pairs.items():
+            if name in known:
+                continue
+            if reserved and name in RESERVED_KEYS:
+                message = (
+                    f"{name!r} is not supported yet (reserved for a later version of the format)"
+                )
+            else:
+                hint = hints.get(name) or _did_you_mean(name, known) or fallback
+                message = f"unknown key {name!r}" + (f" ({hint})" if hint else "")
+            self.add(key, path, message)
+
+    def env(self, pairs: dict[str, tuple[Node, Node]], path: str) -> dict[str, str]:
+        if "env" not in pairs:
+            return {}
+        where = _join(path, "env")
+        mapping = self.mapping(pairs["env"][1], where, "a mapping of NAME: value")
+        if mapping is None:
+            return {}
+        env = {}
+        for name, (key, value) in mapping.items():
+            var_path = f"{where}.{name}"
+            if not _ENV_NAME_RE.fullmatch(name):
+                self.add(
+                    key,
+                    var_path,
+                    f"invalid variable name {name!r}: "
+                    "use letters, digits and _, not starting with a digit",
+                )
+            elif name in ("CI", "GOCI") or name.startswith("GOCI_"):
+                self.add(key, var_path, f"{name!r} is set by Goci; choose another name")
+            text = self.text(value, var_path)
+            if text is not None:
+                env[name] = text
+        return env
+
+    def when(self, pairs: dict[str, tuple[Node, Node]], path: str) -> When | None:
+        if "when" not in pairs:
+            return None
+        node, where = pairs["when"][1], _join(path, "when")
+        mapping = self.mapping(node, where, "a mapping with `branch` and/or `event`")
+        if mapping is None:
+            return None
+        if not mapping:
+            self.add(
+                node, where, "`when` has no conditions: give `branch` and/or `event`, or remove it"
+            )
+            return None
+        fallback = "when supports only 'branch' and 'event'"
+        self.check_keys(mapping, where, _WHEN_KEYS, {}, reserved=False, fallback=fallback)
+        branch = event = None
+        if "branch" in mapping:
+            found = self.names(mapping["branch"][1], f"{where}.branch", allow_empty=False)
+            branch = None if found is None else tuple(name for name, _, _ in found)
+        if "event" in mapping:
+            found = self.names(mapping["event"][1], f"{where}.event", allow_empty=False)
+            for name, item, item_path in found or ():
+                if name not in EVENTS:
+                    hint = _did_you_mean(name, EVENTS)
+                    known = "events are " + ", ".join(EVENTS)
+                    self.add(
+                        item,
+                        item_path,
+                        f"unknown event {name!r} ({hint + '; ' if hint else ''}{known})",
+                    )
+            event = None if found is None else tuple(name for name, _, _ in found)
+        return When(branch=branch, event=event)
+
+    # -- the document
+
+    def read_pipeline(self, root: Node) -> Pipeline | None:
+        if id(root) in self.rejected:
+            return None
+        if not isinstance(root, MappingNode):
+            self.add(
+                root, "", f"the top level must be a mapping with `steps:`, found {_describe(root)}"
+            )
+            return None
+        pairs = self.pairs(root)
+        self.check_keys(pairs, "", _PIPELINE_KEYS, _PIPELINE_HINTS)
+        name = self.scalar(pairs, "name", "", _parse_name)
+        image = self.scalar(pairs, "image", "", _parse_image)
+        env = self.env(pairs, "")
+        timeout = self.scalar(pairs, "timeout", "", parse_duration, "a duration")
+        steps = self.read_steps(root, pairs, image, env)
+        if self.problems or steps is None:
+            return None
+        return Pipeline(
+            steps=tuple(steps),
+            name=name,
+            image=image,
+            env=env,
+            timeout=timeout,
+            filename=self.filename,
+        )
+
+    def read_steps(
+        self,
+        root: Node,
+        pairs: dict[str, tuple[Node, Node]],
+        image: str | None,
+        env: dict[str, str],
+    ) -> list[Step] | None:
+        if "steps" not in pairs:
+            self.add(root, "", "missing key 'steps': a pipeline needs a list of steps to run")
+            return None
+        node = pairs["steps"][1]
+        if id(node) in self.rejected:
+            return None
+        if not isinstance(node, SequenceNode):
+            hint = (
+                " (write each step as a list item: `- name: ...`)"
+                if isinstance(node, MappingNode)
+                else ""
+            )
+            self.add(node, "steps", f"expected a list of steps, found {_describe(node)}{hint}")
+            return None
+        items: list[Node] = list(node.value)
+        if not items:
+            self.add(
+                node, "steps", "the list of steps is empty: a pipeline needs at least one step"
+            )
+            return None
+        if len(items) > MAX_STEPS:
+            self.add(
+                node,
+                "steps",
+                f"too many steps ({len(items)}); a pipeline may have at most {MAX_STEPS}",
+            )
+            return None
+        drafts = [self.read_step(item, index, image, env) for index, item in enumerate(items)]
+        self.check_graph(drafts)
+        return [draft.step for draft in drafts if draft.step is not None]
+
+    def read_step(self, node: Node, index: int, image: str | None, env: dict[str, str]) -> _Draft:
+        path = f"steps[{index}]"
+        draft = _Draft(
+            index=index, node=node, name=f"step {index + 1}", name_node=node, name_path=path
+        )
+        pairs = self.mapping(node, path, "a step (a mapping with `run:`)")
+        if pairs is None:
+            return draft
+        before = len(self.problems)
+        self.check_keys(pairs, path, _STEP_KEYS, _STEP_HINTS)
+        if "name" in pairs:
+            draft.name_node, draft.name_path = pairs["name"][1], f"{path}.name"
+            draft.name = self.scalar(pairs, "name", path, _parse_name)
+        if "run" not in pairs:
+            self.add(node, path, "missing key 'run': the commands this step runs")
+        run = self.scalar(pairs, "run", path, _parse_run)
+        shell = self.scalar(pairs, "shell", path, _parse_shell)
+        own_image = self.scalar(pairs, "image", path, _parse_image)
+        draft.parallel = bool(self.scalar(pairs, "parallel", path, _parse_bool, "true or false"))
+        if "needs" in pairs:
+            draft.needs = self.names(pairs["needs"][1], f"{path}.needs", allow_empty=True)
+        step_env = self.env(pairs, path)
+        workdir = self.scalar(pairs, "workdir", path, _parse_workdir)
+        timeout = self.scalar(pairs, "timeout", path, parse_duration, "a duration")
+        retry = self.scalar(pairs, "retry", path, _parse_retry, "a whole number from 0 to 5")
+        allow_failure = self.scalar(pairs, "allow_failure", path, _parse_bool, "true or false")
+        when = self.when(pairs, path)
+        if len(self.problems) == before and run is not None and draft.name is not None:
+            needs = None
+            if draft.needs is not None:
+                needs = tuple(dict.fromkeys(name for name, _, _ in draft.needs))
+            draft.step = Step(
+                name=draft.name,
+                run=run,
+                index=index,
+                shell=shell or "sh",
+                image=own_image or image,
+                parallel=draft.parallel,
+                needs=needs,
+                env={**env, **step_env},
+                workdir=workdir,
+                timeout=timeout,
+                retry=retry or 0,
+                allow_failure=bool(allow_failure),
+                when=when,
+            )
+        return draft
+
+    def check_graph(self, drafts: list[_Draft]) -> None:
+        first: dict[str, _Draft] = {}
+        for draft in drafts:
+            if draft.name is None:
+                continue
+            other = first.setdefault(draft.name, draft)
+            if other is not draft:
+                line = other.name_node.start_mark.line + 1
+                message = (
+                    f"duplicate step name {draft.name!r} "
+                    f"(first used by steps[{other.index}] on line {line})"
+                )
+                self.add(draft.name_node, draft.name_path, message)
+        names = [draft.name for draft in drafts if draft.name is not None]
+        # With a wrong name among the steps, "unknown step" could be that step: stay quiet.
+        names_known = len(names) == len(drafts)
+        for draft in drafts:
+            for need, node, path in draft.needs or ():
+                if need == draft.name:
+                    self.add(node, path, "a step cannot need itself")
+                elif need not in first and names_known:
+                    hint = _did_you_mean(need, first)
+                    self.add(
+                        node,
+                        path,
+                        f"unknown step {need!r} in needs" + (f" ({hint})" if hint else ""),
+                    )
+        if len(first) != len(drafts):
+            return  # names are missing or shared: edges would be guesses
+        waits = _waits_for(
+            [
+                (
+                    name,
+                    draft.parallel,
+                    None if draft.needs is None else tuple(n for n, _, _ in draft.needs),
+                )
+                for name, draft in zip(names, drafts, strict=True)
+            ]
+        )
+        position = {name: index for index, name in enumerate(names)}
+        # Implicit edges point backwards but `needs` may point forwards: check both kinds.
+        graph = [
+            [position[other] for other in wait if other in position and other != name]
+            for name, wait in zip(names, waits, strict=True)
+        ]
+        for members in _components(graph):
+            if len(members) > 1:
+                cycle = _cycle_from(min(members), graph, set(members))
+                start = drafts[cycle[0]]
+                message = "cycle: " + " -> ".join(names[index] for index in cycle)
+                self.add(start.node, f"steps[{start.index}]", message)

@@ -122,7 +122,7 @@ class ConsoleReporter:
         self._write(f"{self.names[step.name]} {' '.join(parts)}\n")
 
     def build_finished(self, result: BuildResult) -> None:
-        rows = [("STEP", "STATUS", "EXIT", "DURATION", "NOTE")]
+        rows: list[tuple[str, ...]] = [("STEP", "STATUS", "EXIT", "DURATION", "NOTE")]
         for r in result.steps:
             note = r.error or ""
             if r.allowed_failure:
@@ -132,7 +132,9 @@ class ConsoleReporter:
             duration = "" if r.status is Status.SKIPPED else format_seconds(r.duration)
             exit_code = "" if r.exit_code is None else str(r.exit_code)
             rows.append((r.name, str(r.status), exit_code, duration, note))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        if not any(row[4] for row in rows[1:]):
+            rows = [row[:4] for row in rows]  # no notes: no empty NOTE column
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["", self._paint("1", _row(rows[0], widths))]
         for r, row in zip(result.steps, rows[1:], strict=True):
             line = _row(row, widths)
@@ -152,8 +154,7 @@ class ConsoleReporter:
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    head = "  ".join(cell.ljust(w) for cell, w in zip(cells[:4], widths, strict=True))
-    return f"{head}  {cells[4]}".rstrip()
+    return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
 
 
 def use_color(out: TextIO) -> bool:
@@ -213,10 +214,10 @@ def read_pipeline(file: str) -> Pipeline:
 def cmd_run(args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     pipeline = read_pipeline(args.file)
-    images = sorted({s.image for s in pipeline.steps if s.image} | {pipeline.image} - {None})
+    images = sorted({s.image for s in pipeline.steps if s.image})
     if images:
         raise UsageError(
-            f"{args.file}: this pipeline runs steps in containers ({', '.join(map(str, images))}); "
+            f"{args.file}: this pipeline runs steps in containers ({', '.join(images)}); "
             "container steps need the Docker executor, which this version of goci does not "
             "have yet: remove `image:` to run the steps on this machine's shell"
         )

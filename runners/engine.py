@@ -353,7 +353,7 @@ def _lets_dependents_run(result: StepResult) -> bool:
 
 def _classify(outcome: StepOutcome, limit_message: str) -> tuple[Status, str | None]:
     if outcome.canceled:
-        return Status.CANCELED, "canceled"
+        return Status.CANCELED, None
     if outcome.timed_out:
         return Status.FAILURE, limit_message
     if outcome.error is not None:

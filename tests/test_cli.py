@@ -174,9 +174,9 @@ steps:
 def test_timestamps_prefix_each_line_with_the_time(tmp_path: Path) -> None:
     write_pipeline(tmp_path, "steps: [{name: T, run: echo hi}]")
     done = goci("run", "--timestamps", cwd=tmp_path)
-    line = next(ln for ln in done.stdout.splitlines() if ln.endswith(" hi"))
-    prefix, stamp, text = line.split(" ", 2)[0], line.split(" ")[2], line.split(" ")[3]
-    assert prefix == "T"
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("T | "))
+    prefix, bar, stamp, text = line.split(" ")
+    assert (prefix, bar) == ("T", "|")
     assert len(stamp) == len("12:34:56.789")
     assert stamp[2] == stamp[5] == ":"
     assert text == "hi"
@@ -258,7 +258,7 @@ steps:
     assert "goci: interrupted; every step was stopped" in err
     assert "A ■ canceled" in out
     assert "B ■ canceled" in out
-    assert "C ○ skipped (the pipeline was canceled)" in out
+    assert "C ○ skipped ('A' was canceled)" in out
     assert processes_matching(f"sleep {marker}") == []
     assert not (tmp_path / "ran").exists()
 
@@ -288,3 +288,38 @@ def test_the_goci_console_command_is_installed() -> None:
     done = subprocess.run([command, "--help"], capture_output=True, text=True, check=True)
     assert "run" in done.stdout
     assert "validate" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_step_printing_1_gib_is_truncated_at_the_cap_in_flat_memory(tmp_path: Path) -> None:
+    write_pipeline(
+        tmp_path,
+        """\
+steps:
+  - name: Loud
+    run: |
+      yes 'a line of about one hundred bytes, printed over and over until a GiB has gone by.' \\
+        | head -c 1073741824
+      echo finished > done
+""",
+    )
+    with (tmp_path / "out.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "goci.cli", "run"],
+            cwd=tmp_path,
+            stdout=out,
+            env={**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"},
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: for the peak RSS
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    assert (tmp_path / "done").read_text() == "finished\n"  # the step ran to its end
+    peak_mb = usage.ru_maxrss / 1024
+    assert peak_mb < 80, f"goci run peaked at {peak_mb:.0f} MB"
+    size = (tmp_path / "out.log").stat().st_size
+    assert 100 << 20 < size < 130 << 20  # the 100 MiB cap plus the prefixes
+    with (tmp_path / "out.log").open("rb") as log:
+        log.seek(-4096, os.SEEK_END)
+        tail = log.read().decode()
+    assert tail.count("log truncated") == 1
+    assert "Loud | [goci] log truncated: this step printed more than 100 MiB" in tail
