@@ -23,7 +23,8 @@ from types import FrameType
 from typing import TextIO
 
 from builds.pipeline import EVENTS, Pipeline, PipelineError, Step, json_schema, load_file
-from runners.engine import BuildResult, Engine, Status, StepResult
+from runners.engine import BuildResult, Engine, Executor, Status, StepResult
+from runners.executors import ByImage
 from runners.executors.local import LocalExecutor
 from runners.lines import DEFAULT_LOG_CAP, format_size
 
@@ -211,24 +212,50 @@ def read_pipeline(file: str) -> Pipeline:
     return load_file(path)
 
 
+def docker_executor(workspace: Path) -> Executor:
+    """The container executor, configured by the operator's environment (not the
+    pipeline): GOCI_PULL_POLICY, GOCI_STEP_MEMORY, GOCI_STEP_CPUS, GOCI_STEP_PIDS."""
+    from runners.executors import docker as docker_exec  # noqa: PLC0415  (docker-py is slow to import)
+
+    defaults = docker_exec.Limits()
+    try:
+        limits = docker_exec.Limits(
+            memory=docker_exec.parse_memory(os.environ.get("GOCI_STEP_MEMORY") or "2g"),
+            cpus=float(os.environ.get("GOCI_STEP_CPUS") or defaults.cpus),
+            pids=int(os.environ.get("GOCI_STEP_PIDS") or defaults.pids),
+        )
+    except ValueError as exc:
+        raise UsageError(
+            f"GOCI_STEP_MEMORY, GOCI_STEP_CPUS or GOCI_STEP_PIDS is invalid: {exc}"
+        ) from None
+    if limits.cpus <= 0 or limits.pids < 1:
+        raise UsageError("GOCI_STEP_CPUS and GOCI_STEP_PIDS must be positive")
+    policy = os.environ.get("GOCI_PULL_POLICY") or "if-not-present"
+    if policy not in docker_exec.PULL_POLICIES:
+        choices = ", ".join(docker_exec.PULL_POLICIES)
+        raise UsageError(f"GOCI_PULL_POLICY={policy!r}: use one of {choices}")
+    try:
+        client = docker_exec.connect()
+    except docker_exec.DockerUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    return docker_exec.DockerExecutor(client, workspace, limits=limits, pull_policy=policy)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     pipeline = read_pipeline(args.file)
-    images = sorted({s.image for s in pipeline.steps if s.image})
-    if images:
-        raise UsageError(
-            f"{args.file}: this pipeline runs steps in containers ({', '.join(images)}); "
-            "container steps need the Docker executor, which this version of goci does not "
-            "have yet: remove `image:` to run the steps on this machine's shell"
-        )
     workspace = Path(args.file).resolve().parent
+    needs_docker = any(step.image for step in pipeline.steps)
+    executor = ByImage(
+        LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None
+    )
     branch = args.branch if args.branch is not None else git_branch(workspace)
     reporter = ConsoleReporter(
         pipeline, sys.stdout, color=use_color(sys.stdout), timestamps=args.timestamps
     )
     engine = Engine(
         pipeline,
-        LocalExecutor(workspace),
+        executor,
         reporter,
         branch=branch,
         event=args.event,
@@ -263,6 +290,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_docker_prune(args: argparse.Namespace) -> int:
+    from runners.executors import docker as docker_exec  # noqa: PLC0415
+
+    try:
+        client = docker_exec.connect()
+    except docker_exec.DockerUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        removed = docker_exec.prune(client, everything=args.all)
+    finally:
+        client.close()
+    for item in removed:
+        print(f"removed {item}")
+    print(f"goci: removed {len(removed)} object{'s' if len(removed) != 1 else ''}")
     return EXIT_OK
 
 
@@ -310,6 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the pipeline format")
     schema.set_defaults(handler=cmd_schema)
+
+    docker_cmd = commands.add_parser("docker", help="manage what Goci created in Docker")
+    docker_sub = docker_cmd.add_subparsers(dest="docker_command", required=True, metavar="COMMAND")
+    prune = docker_sub.add_parser(
+        "prune",
+        help="remove containers and networks left by goci runs that are gone",
+        description="Remove the containers and networks (label goci.owner) of goci runs "
+        "whose process no longer exists. Running builds are left alone.",
+    )
+    prune.add_argument(
+        "--all", action="store_true", help="remove everything Goci created, running or not"
+    )
+    prune.set_defaults(handler=cmd_docker_prune)
     return parser
 
 
@@ -317,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before any step started (while connecting, reading the file).
+        print("goci: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except PipelineError as exc:
         print(exc, file=sys.stderr)
         n = len(exc.problems)

@@ -41,6 +41,7 @@ class StepOutcome:
     timed_out: bool = False
     canceled: bool = False
     error: str | None = None  # infrastructure error, shown to the user
+    failure: str | None = None  # why a non-zero exit happened, if known (out of memory)
 
 
 @dataclass
@@ -358,6 +359,8 @@ def _classify(outcome: StepOutcome, limit_message: str) -> tuple[Status, str | N
         return Status.FAILURE, limit_message
     if outcome.error is not None:
         return Status.ERROR, outcome.error
+    if outcome.failure is not None:
+        return Status.FAILURE, outcome.failure
     if outcome.exit_code == 0:
         return Status.SUCCESS, None
     return Status.FAILURE, None  # the exit code says it all

@@ -1,0 +1,397 @@
+"""Run each step in its own container, through the Docker Engine API (docker-py).
+
+One container per step (create, attach, start, wait, remove), all of a run on the
+run's own bridge network, the workspace bind-mounted at /workspace. Isolation
+defaults and their reasons: docs/security.md.
+
+Why not one long-lived container per image with `docker exec` per step (~80 ms
+instead of ~400 ms)? Steps would share a pids and memory limit, a fork bomb or a
+memory hog in one step would take down the steps running beside it, an OOM kill
+could not be told apart per step, and a step would see what earlier steps left in
+the container's filesystem and process table. See docs/benchmarks.md for figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import Mount
+
+from builds.pipeline import Pipeline
+from runners.engine import StepOutcome, StepRun
+from runners.lines import format_size
+
+WORKSPACE = "/workspace"
+READ_SIZE = 64 * 1024
+KILL_GRACE = 1.0
+PULL_POLICIES = ("if-not-present", "always", "never")
+
+# What package managers need (apt drops to the _apt user, chowns and chmods files
+# it unpacks, and signals its children); everything else Docker grants by default
+# (MKNOD, NET_RAW, SETPCAP, SETFCAP, SYS_CHROOT, AUDIT_WRITE, NET_BIND_SERVICE) is
+# dropped. docs/security.md gives the reason for each.
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+
+LABEL_RUN = "goci.run"
+LABEL_STEP = "goci.step"
+LABEL_OWNER = "goci.owner"  # boot id, pid and start time of the goci process
+
+# Frames of Docker's attach stream (no TTY): 1 byte stream, 3 zero, 4 bytes length.
+_HEADER = struct.Struct(">BxxxL")
+
+
+class DockerUnavailable(Exception):
+    """The engine cannot be reached: nothing may start."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int = 2 << 30  # bytes (GOCI_STEP_MEMORY)
+    cpus: float = float(min(2, os.cpu_count() or 1))  # GOCI_STEP_CPUS
+    pids: int = 1024  # GOCI_STEP_PIDS
+
+
+def parse_memory(text: str) -> int:
+    """`2g`, `512m`, `2GiB`, `1073741824` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a memory size such as 2g or 512m")
+    return int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
+
+
+def connect(base_url: str | None = None) -> docker.DockerClient:
+    """A client for the engine at DOCKER_HOST (or base_url), checked with a ping."""
+    url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    client = None
+    try:
+        # Without a fixed API version, creating the client already asks the engine.
+        client = docker.DockerClient(base_url=url, timeout=30, version="auto")
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        if client is not None:
+            client.close()
+        raise DockerUnavailable(
+            f"cannot reach the Docker engine at {url}: is dockerd running and may this "
+            f"user use it? ({_explain(exc)})"
+        ) from None
+    return client
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, a unique id."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_label() -> str:
+    pid = os.getpid()
+    return f"{_boot_id()}:{pid}:{_start_time(pid)}"
+
+
+def _owner_alive(owner: str) -> bool:
+    boot, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if boot != _boot_id() or not pid.isdigit():
+        return False  # from before a reboot: its process is surely gone
+    return _start_time(int(pid)) == started
+
+
+def prune(client: docker.DockerClient, *, everything: bool = False) -> list[str]:
+    """Remove containers and networks of runs whose goci process is gone (or all of
+    Goci's with everything=True). Idempotent and safe beside running builds."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL_OWNER}):
+        if everything or not _owner_alive(container.labels.get(LABEL_OWNER, "")):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+                removed.append(f"container {container.name}")
+    for network in client.networks.list(filters={"label": LABEL_OWNER}):
+        if everything or not _owner_alive(network.attrs["Labels"].get(LABEL_OWNER, "")):
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+                removed.append(f"network {network.name}")
+    return removed
+
+
+class DockerExecutor:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        workspace: Path,
+        *,
+        limits: Limits | None = None,
+        pull_policy: str = "if-not-present",
+        pull_timeout: float = 600.0,
+        kill_grace: float = KILL_GRACE,
+    ) -> None:
+        if pull_policy not in PULL_POLICIES:
+            raise ValueError(f"pull policy {pull_policy!r} is not one of {PULL_POLICIES}")
+        self.client = client
+        self.api = client.api
+        self.workspace = workspace.resolve()
+        self.limits = limits or Limits()
+        self.pull_policy = pull_policy
+        self.pull_timeout = pull_timeout
+        self.kill_grace = kill_grace
+        self.run_id = uuid.uuid4().hex[:12]
+        self.labels = {LABEL_RUN: self.run_id, LABEL_OWNER: owner_label()}
+        self.network: str | None = None
+        self._containers: set[str] = set()
+        self._images: dict[str, tuple[threading.Lock, list[str | None]]] = {}
+        self._lock = threading.Lock()
+
+    def prepare(self, pipeline: Pipeline) -> None:
+        prune(self.client)  # what a crashed run on this machine left behind
+        name = f"goci-{self.run_id}"
+        self.api.create_network(name, driver="bridge", labels=self.labels)
+        self.network = name
+
+    def cleanup(self) -> None:
+        with self._lock:
+            containers, self._containers = self._containers, set()
+        for container in containers:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_container(container, force=True)
+        if self.network is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_network(self.network)
+            self.network = None
+
+    def run_step(self, run: StepRun) -> StepOutcome:
+        step = run.step
+        assert step.image is not None
+        workdir = self._workdir(step.workdir)
+        if workdir is None:
+            return StepOutcome(error=f"workdir '{step.workdir}' is outside the workspace")
+        error = self._ensure_image(step.image, run)
+        if error is not None:
+            return StepOutcome(error=error)
+        if run.cancel.is_set():
+            return StepOutcome(canceled=True)
+        try:
+            container = self._create(run, workdir)
+        except docker.errors.APIError as exc:
+            return StepOutcome(error=f"could not create the container: {_explain(exc)}")
+        try:
+            return self._follow(container, run)
+        except docker.errors.APIError as exc:
+            return StepOutcome(error=f"the Docker engine failed: {_explain(exc)}")
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_container(container, force=True)
+            with self._lock:
+                self._containers.discard(container)
+
+    def _workdir(self, workdir: str | None) -> str | None:
+        if not workdir:
+            return WORKSPACE
+        # Checked on the host side of the bind mount, symlinks resolved, like local.py.
+        if not (self.workspace / workdir).resolve().is_relative_to(self.workspace):
+            return None
+        return f"{WORKSPACE}/{workdir}"
+
+    def _create(self, run: StepRun, workdir: str) -> str:
+        step = run.step
+        limits = self.limits
+        host_config = self.api.create_host_config(
+            privileged=False,
+            cap_drop=["ALL"],
+            cap_add=list(CAPABILITIES),
+            security_opt=["no-new-privileges:true"],
+            init=True,  # an init as PID 1 reaps zombies and forwards the stop signal
+            pids_limit=limits.pids,
+            mem_limit=limits.memory,
+            memswap_limit=limits.memory,  # no swap beyond the limit
+            nano_cpus=int(limits.cpus * 1e9),
+            network_mode=self.network,
+            ipc_mode="private",
+            mounts=[Mount(WORKSPACE, str(self.workspace), type="bind")],
+        )
+        env = {**run.env, "GOCI_WORKSPACE": WORKSPACE}
+        container: str = self.api.create_container(
+            step.image,
+            # One stream, like the local executor: stderr joins stdout in the step's
+            # own shell, so their order is kept exactly (two pipes would not keep it).
+            command=["/bin/sh", "-c", 'exec "$@" 2>&1', "goci", step.shell, "-e", "-c", step.run],
+            working_dir=workdir,
+            environment=env,
+            labels={**self.labels, LABEL_STEP: step.name},
+            host_config=host_config,
+            stdin_open=False,
+            tty=False,
+        )["Id"]
+        with self._lock:
+            self._containers.add(container)
+        return container
+
+    def _follow(self, container: str, run: StepRun) -> StepOutcome:
+        # Attach before start, so not one byte of output is missed.
+        sock = self.api.attach_socket(
+            container, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+        )
+        # Closing the SocketIO wrapper leaves its socket open: close that too.
+        inner = getattr(sock, "_sock", None)
+        try:
+            self.api.start(container)
+            timed_out, canceled = self._stream(container, sock, run)
+        finally:
+            sock.close()
+            if inner is not None:
+                inner.close()
+        exit_code = self.api.wait(container)["StatusCode"]
+        state = self.api.inspect_container(container)["State"]
+        if state.get("OOMKilled") and not (timed_out or canceled):
+            limit = format_size(self.limits.memory)
+            return StepOutcome(exit_code=exit_code, failure=f"out of memory (limit {limit})")
+        return StepOutcome(exit_code=exit_code, timed_out=timed_out, canceled=canceled)
+
+    def _stream(self, container: str, sock: Any, run: StepRun) -> tuple[bool, bool]:
+        """Copy the attach stream to the step's output until it ends, enforcing the
+        timeout and cancel: TERM to the container's init, KILL after the grace."""
+        deadline = None if run.timeout is None else time.monotonic() + run.timeout
+        timed_out = canceled = False
+        kill_at: float | None = None
+        frames = _Frames(run.output)
+        read = _reader(sock)
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock.fileno(), selectors.EVENT_READ)
+            while True:
+                if _pending(sock) or selector.select(timeout=0.1):
+                    data = read(READ_SIZE)
+                    if not data:
+                        break
+                    frames.feed(data)
+                now = time.monotonic()
+                if kill_at is None:
+                    canceled = run.cancel.is_set()
+                    timed_out = not canceled and deadline is not None and now >= deadline
+                    if canceled or timed_out:
+                        with contextlib.suppress(docker.errors.APIError):
+                            self.api.kill(container, signal="SIGTERM")
+                        kill_at = now + self.kill_grace
+                elif now >= kill_at:
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.api.kill(container, signal="SIGKILL")
+                    kill_at = float("inf")
+        return timed_out, canceled
+
+    def _ensure_image(self, image: str, run: StepRun) -> str | None:
+        """Make the image present per the pull policy, once per run per image;
+        return why it cannot be, or None."""
+        with self._lock:
+            lock, result = self._images.setdefault(image, (threading.Lock(), []))
+        with lock:  # parallel steps of one image wait for a single pull
+            if not result:
+                result.append(self._pull_if_needed(image, run))
+            return result[0]
+
+    def _pull_if_needed(self, image: str, run: StepRun) -> str | None:
+        if self.pull_policy != "always":
+            try:
+                self.api.inspect_image(image)  # type: ignore[no-untyped-call]  # untyped in types-docker
+                return None
+            except docker.errors.ImageNotFound:
+                if self.pull_policy == "never":
+                    return (
+                        f"image '{image}' is not on this machine and GOCI_PULL_POLICY is never: "
+                        f"pull it with `docker pull {image}` or change the policy"
+                    )
+        return self._pull(image, run)
+
+    def _pull(self, image: str, run: StepRun) -> str | None:
+        """Pull with progress lines in the step's log. The pull runs in its own thread
+        so a cancel or a stuck registry never holds the step."""
+        say = run.output
+        say(f"[goci] pulling {image}\n".encode())
+        outcome: list[str | None] = []
+
+        def pull() -> None:
+            try:
+                last: dict[str, str] = {}
+                for event in self.api.pull(image, stream=True, decode=True):
+                    if "error" in event:
+                        outcome.append(str(event["error"]))
+                        return
+                    status, layer = event.get("status", ""), event.get("id", "")
+                    if status and last.get(layer) != status:  # a line per change, not per tick
+                        last[layer] = status
+                        say(f"[goci] {layer + ': ' if layer else ''}{status}\n".encode())
+                outcome.append(None)
+            except (docker.errors.DockerException, OSError) as exc:
+                outcome.append(_explain(exc))
+
+        thread = threading.Thread(target=pull, name=f"pull:{image}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + min(self.pull_timeout, run.timeout or self.pull_timeout)
+        while thread.is_alive() and not run.cancel.is_set() and time.monotonic() < deadline:
+            thread.join(timeout=0.1)
+        if thread.is_alive():
+            if run.cancel.is_set():
+                return "canceled while pulling the image"
+            return f"could not pull image '{image}': no answer within {self.pull_timeout:g}s"
+        if outcome and outcome[0] is not None:
+            return f"could not pull image '{image}': {outcome[0]}"
+        return None
+
+
+class _Frames:
+    """Reassembles Docker's multiplexed frames from arbitrary chunks."""
+
+    def __init__(self, output: Callable[[bytes], None]) -> None:
+        self.output = output
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _HEADER.size:
+            _, size = _HEADER.unpack_from(buffer, start)
+            end = start + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            self.output(bytes(buffer[start + _HEADER.size : end]))
+            start = end
+        del buffer[:start]
+
+
+def _reader(sock: Any) -> Callable[[int], bytes]:
+    if isinstance(sock, socket.socket):  # TLS: the SSL socket decrypts
+        return sock.recv
+    return lambda n: os.read(sock.fileno(), n)  # a plain socket (unix or tcp)
+
+
+def _pending(sock: Any) -> bool:
+    """TLS may hold decrypted bytes that select() cannot see."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending and pending())
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc) or exc.__class__.__name__
