@@ -46,6 +46,7 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_cli.py
+	$(PY) bench/bench_docker.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

@@ -29,7 +29,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.types import Mount
+from docker.types import LogConfig, Mount
 
 from builds.pipeline import Pipeline
 from runners.engine import StepOutcome, StepRun
@@ -52,6 +52,14 @@ LABEL_OWNER = "goci.owner"  # boot id, pid and start time of the goci process
 
 # Frames of Docker's attach stream (no TTY): 1 byte stream, 3 zero, 4 bytes length.
 _HEADER = struct.Struct(">BxxxL")
+_STDERR = 2
+# The step's stderr joins its stdout in its own shell, so their order is kept exactly
+# (two pipes would not keep it), and the container's own stderr carries only the exit
+# code. With it, a finished step needs no `wait` for Docker to tear the container
+# down (~70 ms). A step could write a false code there, but a step decides its exit
+# code anyway; without the line (killed, out of memory) Goci asks Docker.
+_WRAPPER = '"$@" 2>&1; code=$?; echo "goci-exit $code" >&2; exit $code'
+_EXIT_LINE = re.compile(rb"goci-exit (\d+)\n\Z")
 
 
 class DockerUnavailable(Exception):
@@ -161,6 +169,7 @@ class DockerExecutor:
         self.labels = {LABEL_RUN: self.run_id, LABEL_OWNER: owner_label()}
         self.network: str | None = None
         self._containers: set[str] = set()
+        self._removers: list[threading.Thread] = []
         self._images: dict[str, tuple[threading.Lock, list[str | None]]] = {}
         self._lock = threading.Lock()
 
@@ -171,6 +180,10 @@ class DockerExecutor:
         self.network = name
 
     def cleanup(self) -> None:
+        with self._lock:
+            removers, self._removers = self._removers, []
+        for remover in removers:
+            remover.join()
         with self._lock:
             containers, self._containers = self._containers, set()
         for container in containers:
@@ -201,10 +214,18 @@ class DockerExecutor:
         except docker.errors.APIError as exc:
             return StepOutcome(error=f"the Docker engine failed: {_explain(exc)}")
         finally:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.api.remove_container(container, force=True)
+            # Removal takes a while and nobody waits for it but cleanup(): the next
+            # step starts now. cleanup() joins these threads.
+            remover = threading.Thread(target=self._remove, args=(container,), daemon=True)
             with self._lock:
-                self._containers.discard(container)
+                self._removers.append(remover)
+            remover.start()
+
+    def _remove(self, container: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_container(container, force=True)
+        with self._lock:
+            self._containers.discard(container)
 
     def _workdir(self, workdir: str | None) -> str | None:
         if not workdir:
@@ -230,13 +251,14 @@ class DockerExecutor:
             network_mode=self.network,
             ipc_mode="private",
             mounts=[Mount(WORKSPACE, str(self.workspace), type="bind")],
+            # Goci keeps the log itself. Docker's json-file driver would store a second
+            # copy on disk and cap a step at ~270k lines/s; without it, 1M lines in 0.9 s.
+            log_config=LogConfig(type=LogConfig.types.NONE),
         )
         env = {**run.env, "GOCI_WORKSPACE": WORKSPACE}
         container: str = self.api.create_container(
             step.image,
-            # One stream, like the local executor: stderr joins stdout in the step's
-            # own shell, so their order is kept exactly (two pipes would not keep it).
-            command=["/bin/sh", "-c", 'exec "$@" 2>&1', "goci", step.shell, "-e", "-c", step.run],
+            command=["/bin/sh", "-c", _WRAPPER, "goci", step.shell, "-e", "-c", step.run],
             working_dir=workdir,
             environment=env,
             labels={**self.labels, LABEL_STEP: step.name},
@@ -249,33 +271,39 @@ class DockerExecutor:
         return container
 
     def _follow(self, container: str, run: StepRun) -> StepOutcome:
-        # Attach before start, so not one byte of output is missed.
-        sock = self.api.attach_socket(
-            container, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
-        )
+        # Attached before start, not one byte is missed (and no log replay is needed:
+        # the container has no log driver).
+        sock = self.api.attach_socket(container, params={"stdout": 1, "stderr": 1, "stream": 1})
         # Closing the SocketIO wrapper leaves its socket open: close that too.
         inner = getattr(sock, "_sock", None)
+        frames = _Frames(run.output)
         try:
             self.api.start(container)
-            timed_out, canceled = self._stream(container, sock, run)
+            timed_out, canceled = self._stream(container, sock, run, frames)
         finally:
             sock.close()
             if inner is not None:
                 inner.close()
+        reported = frames.exit_code()
+        if reported == 0 and not (timed_out or canceled):
+            return StepOutcome(exit_code=0)
         exit_code = self.api.wait(container)["StatusCode"]
         state = self.api.inspect_container(container)["State"]
         if state.get("OOMKilled") and not (timed_out or canceled):
             limit = format_size(self.limits.memory)
             return StepOutcome(exit_code=exit_code, failure=f"out of memory (limit {limit})")
+        if reported is not None:
+            exit_code = reported
         return StepOutcome(exit_code=exit_code, timed_out=timed_out, canceled=canceled)
 
-    def _stream(self, container: str, sock: Any, run: StepRun) -> tuple[bool, bool]:
+    def _stream(
+        self, container: str, sock: Any, run: StepRun, frames: _Frames
+    ) -> tuple[bool, bool]:
         """Copy the attach stream to the step's output until it ends, enforcing the
         timeout and cancel: TERM to the container's init, KILL after the grace."""
         deadline = None if run.timeout is None else time.monotonic() + run.timeout
         timed_out = canceled = False
         kill_at: float | None = None
-        frames = _Frames(run.output)
         read = _reader(sock)
         with selectors.DefaultSelector() as selector:
             selector.register(sock.fileno(), selectors.EVENT_READ)
@@ -359,24 +387,34 @@ class DockerExecutor:
 
 
 class _Frames:
-    """Reassembles Docker's multiplexed frames from arbitrary chunks."""
+    """Reassembles Docker's multiplexed frames from arbitrary chunks: stdout goes to
+    the step's log, the tail of stderr is kept for the exit-code line."""
 
     def __init__(self, output: Callable[[bytes], None]) -> None:
         self.output = output
         self.buffer = bytearray()
+        self.stderr = b""
 
     def feed(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
         start = 0
         while len(buffer) - start >= _HEADER.size:
-            _, size = _HEADER.unpack_from(buffer, start)
+            stream, size = _HEADER.unpack_from(buffer, start)
             end = start + _HEADER.size + size
             if len(buffer) < end:
                 break
-            self.output(bytes(buffer[start + _HEADER.size : end]))
+            payload = bytes(buffer[start + _HEADER.size : end])
+            if stream == _STDERR:
+                self.stderr = (self.stderr + payload)[-64:]
+            else:
+                self.output(payload)
             start = end
         del buffer[:start]
+
+    def exit_code(self) -> int | None:
+        match = _EXIT_LINE.search(self.stderr)
+        return int(match.group(1)) if match else None
 
 
 def _reader(sock: Any) -> Callable[[int], bytes]:
