@@ -143,14 +143,6 @@ def test_bad_command_lines_exit_2_and_run_nothing(
     assert not (tmp_path / "ran").exists()
 
 
-def test_image_steps_are_refused_until_the_docker_executor_exists(tmp_path: Path) -> None:
-    write_pipeline(tmp_path, "image: alpine:3\nsteps: [{run: touch ran}]")
-    done = goci("run", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "container steps need the Docker executor" in done.stderr
-    assert not (tmp_path / "ran").exists()
-
-
 def test_env_branch_and_event_options_reach_the_steps(tmp_path: Path) -> None:
     write_pipeline(
         tmp_path,

@@ -427,3 +427,93 @@ def test_local_steps_still_run_on_the_host_beside_container_steps(
     assert result.status is Status.SUCCESS
     assert rec.text("InBox") == ["/workspace"]
     assert rec.text("OnHost") == [str(tmp_path.resolve())]
+
+
+@pytest.fixture
+def local_registry(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real registry (Debian's docker-registry) on localhost holding the test image."""
+    import shutil
+    import socket
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        from tests.conftest import need
+
+        need("docker-registry (Debian package docker-registry) for pull tests")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = tmp_path_factory.mktemp("registry")
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog: {{level: error}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root}/data}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    server = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as conn:
+                if conn.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        image = f"127.0.0.1:{port}/goci-test/pull-me:1"
+        # A layer of its own, so that pulling really downloads something.
+        maker = docker_client.containers.create(TEST_IMAGE, ["sh", "-c", "echo x > /marker"])
+        try:
+            maker.start()
+            maker.wait()
+            repository, tag = image.rsplit(":", 1)
+            maker.commit(repository=repository, tag=tag)
+        finally:
+            maker.remove(force=True)
+        docker_client.images.push(image)
+        docker_client.images.remove(image)
+        yield image
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(f"127.0.0.1:{port}/goci-test/pull-me:1")
+
+
+def test_a_missing_image_is_pulled_with_progress_in_the_step_log(
+    docker_client: Any, local_registry: str, tmp_path: Path
+) -> None:
+    rec = run_in_docker(
+        docker_client,
+        f"""
+        steps:
+          - {{name: A, image: "{local_registry}", run: echo pulled, parallel: true}}
+          - {{name: B, image: "{local_registry}", run: echo same image, parallel: true}}
+        """,
+        tmp_path,
+    )
+    assert rec.status("A") == rec.status("B") == "success"
+    pulled = rec.text("A") if rec.text("A")[0].startswith("[goci] pulling") else rec.text("B")
+    assert pulled[0] == f"[goci] pulling {local_registry}"
+    assert "[goci] 1: Pulling from goci-test/pull-me" in pulled
+    assert any(line.endswith(": Pull complete") for line in pulled), pulled
+    assert any(line.startswith("[goci] Status: Downloaded newer image") for line in pulled)
+    assert pulled[-1] in ("pulled", "same image")
+    # One pull per image per run: the other step found it present.
+    assert sum(text[0].startswith("[goci] pulling") for text in (rec.text("A"), rec.text("B"))) == 1
+
+
+def test_an_unreachable_registry_gives_up_without_hanging(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    rec = run_in_docker(
+        docker_client,
+        # 10.255.255.1 is not routed: a connect there hangs until someone gives up.
+        "steps: [{name: Build, image: '10.255.255.1:5000/nothing:1', run: 'true'}]",
+        tmp_path,
+        executor={"pull_timeout": 2},
+    )
+    assert time.monotonic() - began < 8
+    assert rec.status("Build") == "error"
+    assert (rec.results["Build"].error or "").startswith(
+        "could not pull image '10.255.255.1:5000/nothing:1': "
+    )
