@@ -10,6 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
+import dj_database_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -28,6 +30,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
 
 
 def env_secret(name: str, default: str) -> str:
@@ -59,12 +71,15 @@ GOCI_DATA_DIR = Path(os.environ.get("GOCI_DATA_DIR", BASE_DIR / "var")).resolve(
 SECRET_KEY = env_secret("SECRET_KEY", "") or embedded_secret_key(GOCI_DATA_DIR)
 
 INSTALLED_APPS = [
+    "daphne",  # before staticfiles: its runserver serves WebSockets too
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "channels",
+    "ninja",  # in INSTALLED_APPS so /api/docs serves its own Swagger files, not a CDN's
     "goci",
     "builds",
     "runners",
@@ -99,16 +114,46 @@ TEMPLATES = [
 ]
 
 WSGI_APPLICATION = "goci.wsgi.application"
+ASGI_APPLICATION = "goci.asgi.application"
 
-# The embedded default: one SQLite file under GOCI_DATA_DIR. DATABASE_URL arrives with
-# the server issue (#5).
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": GOCI_DATA_DIR / "goci.sqlite3",
-        "TEST": {"NAME": GOCI_DATA_DIR / "test_goci.sqlite3"},
+# The embedded default is one SQLite file under GOCI_DATA_DIR; DATABASE_URL
+# (postgres://user:pass@host:5432/name) switches to PostgreSQL, which the queue needs
+# for several worker processes (row locks with SKIP LOCKED, LISTEN/NOTIFY).
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME", "test_goci")}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": GOCI_DATA_DIR / "goci.sqlite3",
+            "TEST": {"NAME": GOCI_DATA_DIR / "test_goci.sqlite3"},
+            # Writers wait for each other instead of failing with "database is locked".
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
     }
-}
+
+# Live log lines go to the browser through a channel layer: in memory for the embedded
+# default (web and worker in one process), Redis when they are separate processes.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 500},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The queue and the workers.
+GOCI_LEASE_SECONDS = env_int("GOCI_LEASE_SECONDS", 30)
+GOCI_JOB_MAX_ATTEMPTS = env_int("GOCI_JOB_MAX_ATTEMPTS", 2)
+GOCI_SHUTDOWN_GRACE = env_int("GOCI_SHUTDOWN_GRACE", 30)
+GOCI_WORKSPACE_ROOT = Path(os.environ.get("GOCI_WORKSPACE_ROOT", GOCI_DATA_DIR / "workspaces"))
+GOCI_LOG_CAP = env_int("GOCI_LOG_CAP", 100 * 1024 * 1024)
+GOCI_MAX_PIPELINE_BYTES = 1024 * 1024
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

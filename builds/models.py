@@ -1,0 +1,221 @@
+"""What a build is: Project, Build, Job, Step, LogChunk (docs/architecture.md).
+
+Single-row state transitions live here; workflows that span rows live in
+builds/services.py and runners/queue.py, the only places that change build state.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"  # a command exited non-zero or timed out
+    ERROR = "error"  # Goci or the infrastructure could not run it
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+
+FINISHED = (Status.SUCCESS, Status.FAILURE, Status.ERROR, Status.CANCELED, Status.SKIPPED)
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer"
+    DEVELOPER = "developer"
+    MAINTAINER = "maintainer"
+    OWNER = "owner"
+
+
+class Project(models.Model):
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    repo_url = models.CharField(max_length=500, blank=True)
+    default_branch = models.CharField(max_length=200, default="main")
+    pipeline_path = models.CharField(max_length=200, default=".goci.yml")
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
+    )
+    # Build numbers are taken from here under a row lock: per project, monotonic, no gaps
+    # from concurrent submits.
+    next_build_number = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.role} of {self.project}"
+
+
+class Build(models.Model):
+    class Trigger(models.TextChoices):
+        API = "api"
+        MANUAL = "manual"
+        PUSH = "push"
+        PULL_REQUEST = "pull_request"
+        TAG = "tag"
+        CRON = "cron"
+        RERUN = "rerun"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="builds")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.API)
+    ref = models.CharField(max_length=255, blank=True)
+    commit = models.CharField(max_length=64, blank=True)
+    message = models.TextField(blank=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    pipeline = models.TextField(help_text="The YAML snapshot this build runs.")
+    env = models.JSONField(default=dict, blank=True)
+    # NULL, not "": the unique constraint applies only to builds that carry a key.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="build_number_per_project"),
+            models.UniqueConstraint(
+                fields=["project", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="idempotency_key_per_project",
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "-id"]), models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}#{self.number}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class Job(models.Model):
+    """A unit of dispatch: one per build for now (one per matrix cell later).
+
+    `attempt` is the fencing token: a worker owns attempt N of a job while its lease
+    holds, and every write it makes names N. The reaper moves a lost job to N + 1, so
+    the old worker's late writes match no row and are refused.
+    """
+
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=200, default="default")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    attempt = models.PositiveIntegerField(default=1)
+    worker = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["status", "id"]),
+            models.Index(fields=["status", "lease_expires_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.build} {self.name} (attempt {self.attempt})"
+
+
+class Step(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=200)
+    position = models.PositiveIntegerField()
+    needs = models.JSONField(default=list, blank=True)
+    image = models.CharField(max_length=500, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "name"], name="step_name_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job.build} {self.name}"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class LogChunk(models.Model):
+    """Consecutive lines of one step's log in one job attempt. Append-only."""
+
+    step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="chunks")
+    attempt = models.PositiveIntegerField()
+    first_line = models.PositiveIntegerField()
+    line_count = models.PositiveIntegerField()
+    text = models.TextField(help_text="The lines joined with newlines, without a last one.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["step", "attempt", "first_line"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step", "attempt", "first_line"], name="chunk_lines_per_step_attempt"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step} lines {self.first_line}..{self.first_line + self.line_count - 1}"
+
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only a SHA-256 of it is stored: the token is shown once."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise it.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…) of {self.user}"

@@ -1,0 +1,298 @@
+"""Workflows that change build state: the only place that writes builds, jobs, steps
+and logs. Views, the API, the worker and the CLI call these.
+
+Worker writes are fenced: they name the job and its attempt, and are refused with
+LeaseLost once the reaper has given the job to another attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from builds.models import (
+    FINISHED,
+    ApiToken,
+    Build,
+    Job,
+    LogChunk,
+    Membership,
+    Project,
+    Role,
+    Status,
+    Step,
+)
+from builds.pipeline import load, plan
+
+QUEUE_CHANNEL = "goci_queue"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the job: another attempt (or nobody) does."""
+
+
+class InvalidRequest(ValueError):
+    """A request that cannot be accepted as it is; the message says what to fix."""
+
+
+TOKEN_PREFIX = "goci_"  # noqa: S105  (a public prefix, not a secret)
+
+
+def token_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+    """A new API token and its secret, which is shown once and never stored."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name, prefix=secret[:10], digest=token_digest(secret)
+    )
+    return token, secret
+
+
+def token_user(secret: str) -> AbstractBaseUser | None:
+    """The active user of a bearer token, or None. The digest is looked up by equality
+    on a unique index: a SHA-256 of a 256-bit secret leaks nothing through timing."""
+    token = ApiToken.objects.select_related("user").filter(digest=token_digest(secret)).first()
+    if token is None or not token.user.is_active:
+        return None
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.user
+
+
+def notify_queue() -> None:
+    """Wake idle workers (PostgreSQL LISTEN/NOTIFY; delivered when the transaction
+    commits, never before). SQLite workers poll."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [QUEUE_CHANNEL])
+
+
+def project_create(*, user: AbstractBaseUser, slug: str, name: str = "", **fields: Any) -> Project:
+    with transaction.atomic():
+        project = Project.objects.create(slug=slug, name=name or slug, **fields)
+        Membership.objects.create(project=project, user=user, role=Role.OWNER)
+    return project
+
+
+def _check_env(env: Mapping[str, Any]) -> dict[str, str]:
+    for name, value in env.items():
+        if not ENV_NAME.fullmatch(name):
+            raise InvalidRequest(f"env: {name!r} is not a variable name (letters, digits, _)")
+        if name in ("CI", "GOCI") or name.startswith("GOCI_"):
+            raise InvalidRequest(f"env: {name} is set by Goci; choose another name")
+        if not isinstance(value, str):
+            raise InvalidRequest(f"env: the value of {name} must be a string")
+    return dict(env)
+
+
+def build_create(
+    *,
+    project: Project,
+    pipeline: str,
+    author: AbstractBaseUser | None = None,
+    ref: str = "",
+    commit: str = "",
+    message: str = "",
+    env: Mapping[str, Any] | None = None,
+    trigger: str = Build.Trigger.API,
+    idempotency_key: str | None = None,
+    rerun_of: Build | None = None,
+) -> tuple[Build, bool]:
+    """Queue a build of a pipeline; (build, created). The pipeline is validated first
+    (PipelineError: nothing is stored). With an idempotency key, a retry - even a
+    concurrent one - returns the first build and created=False."""
+    parsed = load(pipeline, project.pipeline_path)
+    deps = plan(parsed)
+    env = _check_env(env or {})
+    try:
+        with transaction.atomic():
+            # The project row lock serialises submits of one project: numbers stay
+            # monotonic, and a concurrent retry sees the first build once it may.
+            locked = Project.objects.select_for_update().get(pk=project.pk)
+            if idempotency_key:
+                existing = Build.objects.filter(
+                    project=locked, idempotency_key=idempotency_key
+                ).first()
+                if existing is not None:
+                    return existing, False
+            number = locked.next_build_number
+            locked.next_build_number = number + 1
+            locked.save(update_fields=["next_build_number"])
+            build = Build.objects.create(
+                project=locked,
+                number=number,
+                trigger=trigger,
+                ref=ref,
+                commit=commit,
+                message=message,
+                author=author,
+                pipeline=pipeline,
+                env=env,
+                idempotency_key=idempotency_key or None,
+                rerun_of=rerun_of,
+            )
+            job = Job.objects.create(build=build)
+            Step.objects.bulk_create(
+                Step(
+                    job=job,
+                    name=step.name,
+                    position=step.index,
+                    needs=list(deps[step.name]),
+                    image=step.image or "",
+                )
+                for step in parsed.steps
+            )
+            notify_queue()
+    except IntegrityError:
+        # Only a concurrent first submit of the same key gets here (SQLite has no row
+        # locks): the other one won, return its build.
+        if not idempotency_key:
+            raise
+        return Build.objects.get(project=project, idempotency_key=idempotency_key), False
+    return build, True
+
+
+def build_cancel(*, build: Build) -> Build:
+    """Cancel a build: queued jobs end now, running ones are stopped by their worker
+    (it checks `cancel_requested` with every heartbeat). Idempotent."""
+    with transaction.atomic():
+        build = Build.objects.select_for_update().get(pk=build.pk)
+        if build.status in FINISHED:
+            return build
+        build.cancel_requested = True
+        build.save(update_fields=["cancel_requested"])
+        now = timezone.now()
+        queued = Job.objects.filter(build=build, status=Status.QUEUED)
+        Step.objects.filter(job__in=queued, status=Status.QUEUED).update(status=Status.CANCELED)
+        queued.update(status=Status.CANCELED, finished_at=now)
+        _build_settle(build, now)
+        notify_queue()
+    return build
+
+
+def build_rerun(*, build: Build, author: AbstractBaseUser | None) -> Build:
+    """A new build of the same snapshot, ref and commit."""
+    rerun, _ = build_create(
+        project=build.project,
+        pipeline=build.pipeline,
+        author=author,
+        ref=build.ref,
+        commit=build.commit,
+        message=build.message,
+        env=build.env,
+        trigger=Build.Trigger.RERUN,
+        rerun_of=build,
+    )
+    return rerun
+
+
+def _build_settle(build: Build, now: Any) -> None:
+    """Derive the build's status from its jobs (the build row is locked)."""
+    statuses = list(build.jobs.values_list("status", flat=True))
+    if any(s in (Status.QUEUED, Status.RUNNING) for s in statuses):
+        status = Status.RUNNING if Status.RUNNING in statuses else build.status
+    elif Status.ERROR in statuses:
+        status = Status.ERROR
+    elif Status.FAILURE in statuses:
+        status = Status.FAILURE
+    elif Status.CANCELED in statuses:
+        status = Status.CANCELED
+    else:
+        status = Status.SUCCESS
+    fields = ["status"]
+    build.status = status
+    if status in FINISHED and build.finished_at is None:
+        build.finished_at = now
+        fields.append("finished_at")
+    build.save(update_fields=fields)
+
+
+# ---------------------------------------------------------------------------
+# Fenced writes of the worker that owns attempt `attempt` of job `job_id`.
+
+
+def _own(job_id: int, attempt: int) -> Job:
+    """Lock the job row if this attempt still owns it (else LeaseLost). The reaper takes
+    the same lock to move a job on, so a write either lands before or is refused."""
+    job = (
+        Job.objects.select_for_update()
+        .filter(pk=job_id, attempt=attempt, status=Status.RUNNING)
+        .first()
+    )
+    if job is None:
+        raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
+    return job
+
+
+def step_start(*, job_id: int, attempt: int, name: str) -> None:
+    with transaction.atomic():
+        _own(job_id, attempt)
+        Step.objects.filter(job_id=job_id, name=name).update(
+            status=Status.RUNNING, started_at=timezone.now(), exit_code=None, error=""
+        )
+
+
+def step_finish(
+    *,
+    job_id: int,
+    attempt: int,
+    name: str,
+    status: str,
+    exit_code: int | None,
+    error: str | None,
+    started: bool,
+) -> None:
+    with transaction.atomic():
+        _own(job_id, attempt)
+        now = timezone.now()
+        fields: dict[str, Any] = {
+            "status": status,
+            "exit_code": exit_code,
+            "error": error or "",
+            "finished_at": now if started else None,
+        }
+        Step.objects.filter(job_id=job_id, name=name).update(**fields)
+
+
+def log_append(
+    *, job_id: int, attempt: int, step_id: int, first_line: int, lines: Sequence[str]
+) -> None:
+    """Store a batch of consecutive lines (the database is the record of a log)."""
+    with transaction.atomic():
+        _own(job_id, attempt)
+        LogChunk.objects.create(
+            step_id=step_id,
+            attempt=attempt,
+            first_line=first_line,
+            line_count=len(lines),
+            text="\n".join(lines),
+        )
+
+
+def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> None:
+    with transaction.atomic():
+        job = _own(job_id, attempt)
+        now = timezone.now()
+        job.status = status
+        job.error = error
+        job.finished_at = now
+        job.lease_expires_at = None
+        job.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
+        build = Build.objects.select_for_update().get(pk=job.build_id)
+        _build_settle(build, now)
+
+
+def lease_deadline() -> Any:
+    return timezone.now() + timedelta(seconds=settings.GOCI_LEASE_SECONDS)
