@@ -177,7 +177,7 @@ def build_cancel(*, build: Build) -> Build:
         queued = Job.objects.filter(build=build, status=Status.QUEUED)
         Step.objects.filter(job__in=queued, status=Status.QUEUED).update(status=Status.CANCELED)
         queued.update(status=Status.CANCELED, finished_at=now)
-        _build_settle(build, now)
+        build_settle(build, now)
         notify_queue()
     return build
 
@@ -198,7 +198,7 @@ def build_rerun(*, build: Build, author: AbstractBaseUser | None) -> Build:
     return rerun
 
 
-def _build_settle(build: Build, now: Any) -> None:
+def build_settle(build: Build, now: Any) -> None:
     """Derive the build's status from its jobs (the build row is locked)."""
     statuses = list(build.jobs.values_list("status", flat=True))
     if any(s in (Status.QUEUED, Status.RUNNING) for s in statuses):
@@ -291,7 +291,7 @@ def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> No
         job.lease_expires_at = None
         job.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
         build = Build.objects.select_for_update().get(pk=job.build_id)
-        _build_settle(build, now)
+        build_settle(build, now)
 
 
 def lease_deadline() -> Any:

@@ -122,6 +122,9 @@ class ConsoleReporter:
             parts.append("(failure allowed)")
         self._write(f"{self.names[step.name]} {' '.join(parts)}\n")
 
+    def idle(self) -> None:
+        pass  # every batch is written as it comes
+
     def build_finished(self, result: BuildResult) -> None:
         rows: list[tuple[str, ...]] = [("STEP", "STATUS", "EXIT", "DURATION", "NOTE")]
         for r in result.steps:
@@ -213,32 +216,12 @@ def read_pipeline(file: str) -> Pipeline:
 
 
 def docker_executor(workspace: Path) -> Executor:
-    """The container executor, configured by the operator's environment (not the
-    pipeline): GOCI_PULL_POLICY, GOCI_STEP_MEMORY, GOCI_STEP_CPUS, GOCI_STEP_PIDS."""
     from runners.executors import docker as docker_exec  # noqa: PLC0415  (docker-py is slow to import)
 
-    defaults = docker_exec.Limits()
     try:
-        limits = docker_exec.Limits(
-            memory=docker_exec.parse_memory(os.environ.get("GOCI_STEP_MEMORY") or "2g"),
-            cpus=float(os.environ.get("GOCI_STEP_CPUS") or defaults.cpus),
-            pids=int(os.environ.get("GOCI_STEP_PIDS") or defaults.pids),
-        )
-    except ValueError as exc:
-        raise UsageError(
-            f"GOCI_STEP_MEMORY, GOCI_STEP_CPUS or GOCI_STEP_PIDS is invalid: {exc}"
-        ) from None
-    if limits.cpus <= 0 or limits.pids < 1:
-        raise UsageError("GOCI_STEP_CPUS and GOCI_STEP_PIDS must be positive")
-    policy = os.environ.get("GOCI_PULL_POLICY") or "if-not-present"
-    if policy not in docker_exec.PULL_POLICIES:
-        choices = ", ".join(docker_exec.PULL_POLICIES)
-        raise UsageError(f"GOCI_PULL_POLICY={policy!r}: use one of {choices}")
-    try:
-        client = docker_exec.connect()
-    except docker_exec.DockerUnavailable as exc:
+        return docker_exec.from_environment(workspace)
+    except (ValueError, docker_exec.DockerUnavailable) as exc:
         raise UsageError(str(exc)) from None
-    return docker_exec.DockerExecutor(client, workspace, limits=limits, pull_policy=policy)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ slow reporter slows the steps' output (back-pressure) instead of growing memory.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -94,6 +95,9 @@ class Reporter(Protocol):
 
     def build_finished(self, result: BuildResult) -> None: ...
 
+    def idle(self) -> None:
+        """Called at least every TICK while the build runs, for time-based batching."""
+
 
 def format_duration(seconds: float) -> str:
     """5 -> '5s', 90 -> '1m30s', 5400 -> '1h30m' (the pipeline format's own notation)."""
@@ -171,6 +175,7 @@ class Engine:
             self.executor.prepare(self.pipeline)
         except Exception as exc:  # noqa: BLE001  (any failure to prepare is the build's error)
             return self._finish_all_error(steps, f"could not prepare the executor: {exc}", start)
+        last_idle = time.monotonic()
         try:
             while pending or running:
                 pending = self._schedule(pending, deps, results, running, self._stop_reason())
@@ -178,11 +183,11 @@ class Engine:
                     if pending:  # plan() guarantees this never happens; never spin on it
                         raise RuntimeError(f"steps cannot start: {[s.name for s in pending]}")
                     continue
-                try:
-                    event = self._events.get(timeout=TICK)
-                except queue.Empty:
-                    continue
-                self._handle(event, results, running)
+                with contextlib.suppress(queue.Empty):
+                    self._handle(self._events.get(timeout=TICK), results, running)
+                if time.monotonic() - last_idle >= TICK:
+                    last_idle = time.monotonic()
+                    self.reporter.idle()
         finally:
             if running:
                 # Only after a reporter error (say, a closed stdout): stop the steps

@@ -51,6 +51,9 @@ class Recorder:
     def build_finished(self, result: BuildResult) -> None:
         self.build = result
 
+    def idle(self) -> None:
+        pass
+
     def text(self, step: str) -> list[str]:
         return [line for _, line in self.lines.get(step, [])]
 

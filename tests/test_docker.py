@@ -24,9 +24,9 @@ from runners.executors.docker import (
     LABEL_RUN,
     DockerExecutor,
     Limits,
-    owner_label,
 )
 from runners.executors.local import LocalExecutor
+from runners.owner import owner_label
 from tests.conftest import TEST_IMAGE
 from tests.helpers import REPO, Recorder, goci, pipeline, write_pipeline
 

@@ -34,6 +34,7 @@ from docker.types import LogConfig, Mount
 from builds.pipeline import Pipeline
 from runners.engine import StepOutcome, StepRun
 from runners.lines import format_size
+from runners.owner import owner_alive, owner_label
 
 WORKSPACE = "/workspace"
 READ_SIZE = 64 * 1024
@@ -99,50 +100,44 @@ def connect(base_url: str | None = None) -> docker.DockerClient:
     return client
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: with the pid, a unique id."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def owner_label() -> str:
-    pid = os.getpid()
-    return f"{_boot_id()}:{pid}:{_start_time(pid)}"
-
-
-def _owner_alive(owner: str) -> bool:
-    boot, _, rest = owner.partition(":")
-    pid, _, started = rest.partition(":")
-    if boot != _boot_id() or not pid.isdigit():
-        return False  # from before a reboot: its process is surely gone
-    return _start_time(int(pid)) == started
-
-
 def prune(client: docker.DockerClient, *, everything: bool = False) -> list[str]:
     """Remove containers and networks of runs whose goci process is gone (or all of
     Goci's with everything=True). Idempotent and safe beside running builds."""
     removed = []
     for container in client.containers.list(all=True, filters={"label": LABEL_OWNER}):
-        if everything or not _owner_alive(container.labels.get(LABEL_OWNER, "")):
+        if everything or not owner_alive(container.labels.get(LABEL_OWNER, "")):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
                 removed.append(f"container {container.name}")
     for network in client.networks.list(filters={"label": LABEL_OWNER}):
-        if everything or not _owner_alive(network.attrs["Labels"].get(LABEL_OWNER, "")):
+        if everything or not owner_alive(network.attrs["Labels"].get(LABEL_OWNER, "")):
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
                 removed.append(f"network {network.name}")
     return removed
+
+
+def from_environment(workspace: Path) -> DockerExecutor:
+    """The executor as the operator configured it in the environment (never the
+    pipeline): GOCI_PULL_POLICY, GOCI_STEP_MEMORY, GOCI_STEP_CPUS, GOCI_STEP_PIDS,
+    DOCKER_HOST. ValueError or DockerUnavailable say what is wrong."""
+    defaults = Limits()
+    try:
+        limits = Limits(
+            memory=parse_memory(os.environ.get("GOCI_STEP_MEMORY") or "2g"),
+            cpus=float(os.environ.get("GOCI_STEP_CPUS") or defaults.cpus),
+            pids=int(os.environ.get("GOCI_STEP_PIDS") or defaults.pids),
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"GOCI_STEP_MEMORY, GOCI_STEP_CPUS or GOCI_STEP_PIDS is invalid: {exc}"
+        ) from None
+    if limits.cpus <= 0 or limits.pids < 1:
+        raise ValueError("GOCI_STEP_CPUS and GOCI_STEP_PIDS must be positive")
+    policy = os.environ.get("GOCI_PULL_POLICY") or "if-not-present"
+    if policy not in PULL_POLICIES:
+        raise ValueError(f"GOCI_PULL_POLICY={policy!r}: use one of {', '.join(PULL_POLICIES)}")
+    return DockerExecutor(connect(), workspace, limits=limits, pull_policy=policy)
 
 
 class DockerExecutor:

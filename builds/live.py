@@ -1,0 +1,85 @@
+"""Live updates of a build for browsers: the channel-layer group of a build and a
+publisher that never holds up a build.
+
+The database is the record; the channel is a preview. So publishing is fire and
+forget: messages go, in order, through one bounded queue on one event loop, and are
+dropped (not queued without end) when the layer is slow or Redis is down. Browsers
+catch up from the database by line number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000
+# Set by `goci up` to daphne's loop: the in-memory layer only works from the loop it
+# lives on (STACK-NOTES P5). Worker processes run a loop of their own.
+SERVER_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def build_group(build_id: int) -> str:
+    return f"build-{build_id}"
+
+
+class Publisher:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or SERVER_LOOP
+        self._thread: threading.Thread | None = None
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=loop.run_forever, name="goci-publisher", daemon=True
+            )
+            self._thread.start()
+        self.loop = loop
+        self.dropped = 0
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] | None = None
+        self._task = asyncio.run_coroutine_threadsafe(self._start(), loop).result(timeout=10)
+
+    async def _start(self) -> asyncio.Task[None]:
+        self._queue = asyncio.Queue(maxsize=QUEUE_SIZE)
+        return asyncio.get_running_loop().create_task(self._send_all())
+
+    async def _send_all(self) -> None:
+        assert self._queue is not None
+        layer = get_channel_layer()
+        while (item := await self._queue.get()) is not None:
+            group, message = item
+            try:
+                await asyncio.wait_for(layer.group_send(group, message), timeout=2)
+            except Exception as exc:  # noqa: BLE001  (Redis down must not stop builds)
+                self.dropped += 1
+                log.warning("live update to %s dropped: %s", group, exc)
+
+    def _put(self, item: tuple[str, dict[str, Any]] | None) -> None:
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def publish(self, build_id: int, message: dict[str, Any]) -> None:
+        """Queue a message for the build's group; returns at once."""
+        self.loop.call_soon_threadsafe(self._put, (build_group(build_id), message))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (for at most `timeout`), then stop."""
+        self.loop.call_soon_threadsafe(self._put, None)
+        done = asyncio.run_coroutine_threadsafe(
+            asyncio.wait([self._task], timeout=timeout), self.loop
+        )
+        try:
+            done.result(timeout=timeout + 1)
+        except Exception:  # noqa: BLE001
+            log.warning("live updates not all sent before shutdown")
+        if self._thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=timeout)
+            self.loop.close()

@@ -1,0 +1,49 @@
+"""`python manage.py worker`: run builds from the queue (also `goci worker`)."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from runners.worker import Worker
+
+
+class Command(BaseCommand):
+    help = "Claim queued builds and run them; SIGTERM stops claiming and drains gracefully."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--concurrency", type=int, default=1, help="jobs to run at once (default 1)"
+        )
+        parser.add_argument("--name", help="this worker's name (default: host-pid)")
+        parser.add_argument(
+            "--once", action="store_true", help="run at most one queued job, then exit"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["concurrency"] < 1:
+            self.stderr.write("--concurrency must be at least 1")
+            raise SystemExit(2)
+        worker = Worker(name=options["name"], concurrency=options["concurrency"])
+        if options["once"]:
+            try:
+                found = worker.run_one_job()
+            finally:
+                worker.close()
+            self.stdout.write("ran one job" if found else "no job was queued")
+            return
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.stdout.write(f"worker {worker.name}: stopping (signal {signum})")
+            worker.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.stdout.write(
+            f"worker {worker.name}: running up to {worker.concurrency} job(s) at once"
+        )
+        worker.run()
+        self.stdout.write(f"worker {worker.name}: stopped")

@@ -1,0 +1,327 @@
+"""The worker: claims jobs from the queue and runs them with the engine.
+
+`python manage.py worker` and `goci worker` run one; `goci up` runs one inside the
+web process. Any number may run against one PostgreSQL, on any number of machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from builds import services
+from builds.live import Publisher
+from builds.models import Build, Job, Status, Step
+from builds.pipeline import PipelineError, load
+from runners.engine import Engine, Executor
+from runners.executors import ByImage
+from runners.executors.local import LocalExecutor
+from runners.owner import owner_alive, owner_label
+from runners.queue import job_claim, job_heartbeat, job_release, jobs_reap
+from runners.reporting import BuildReporter, with_retry
+
+log = logging.getLogger(__name__)
+
+OWNER_FILE = ".goci-owner"
+# Cancel must reach a running step within 2 s: the heartbeat looks this often.
+CHECK_EVERY = 0.5
+EVENTS = {Build.Trigger.RERUN: "manual"}
+
+
+@dataclass
+class _Running:
+    job: Job
+    engine: Engine | None = None
+    release: bool = False  # shutting down: hand the job back instead of finishing it
+    thread: threading.Thread | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Worker:
+    def __init__(self, name: str | None = None, concurrency: int = 1, poll: float = 1.0) -> None:
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.concurrency = max(1, concurrency)
+        self.poll = poll
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._running: dict[int, _Running] = {}
+        self._lock = threading.Lock()
+        self.publisher: Publisher | None = None
+
+    # -- life cycle -------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs get GOCI_SHUTDOWN_GRACE to finish. Thread-safe."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Claim and run jobs until stop() (blocks)."""
+        self.publisher = Publisher()
+        listener = _Listener(self._wake, self._stopping) if _on_postgres() else None
+        try:
+            clean_leftovers()
+            while not self._stopping.is_set():
+                close_old_connections()
+                with contextlib.suppress(Exception):  # a DB outage: try again next round
+                    jobs_reap()
+                while len(self._running) < self.concurrency and not self._stopping.is_set():
+                    job = with_retry(lambda: job_claim(worker=self.name), what="claiming")
+                    if job is None:
+                        break
+                    self._start(job)
+                self._wake.wait(self.poll)
+                self._wake.clear()
+            self._shutdown()
+        finally:
+            if listener is not None:
+                listener.stop()
+            self.close()
+            connection.close()
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+
+    def run_one_job(self) -> bool:
+        """Claim one job and run it here; False if the queue was empty (for --once).
+        Call close() when done."""
+        self.publisher = self.publisher or Publisher()
+        clean_leftovers()
+        jobs_reap()
+        job = job_claim(worker=self.name)
+        if job is None:
+            return False
+        running = _Running(job)
+        self._running[job.pk] = running
+        self._run_job(running)
+        return True
+
+    def _start(self, job: Job) -> None:
+        running = _Running(job)
+        running.thread = threading.Thread(
+            target=self._run_job_thread, args=(running,), name=f"job-{job.pk}", daemon=True
+        )
+        with self._lock:
+            self._running[job.pk] = running
+        running.thread.start()
+
+    def _run_job_thread(self, running: _Running) -> None:
+        try:
+            self._run_job(running)
+        except Exception:
+            log.exception("job %s crashed the worker thread", running.job.pk)
+        finally:
+            connection.close()  # this thread's own connection
+            self._wake.set()
+
+    def _shutdown(self) -> None:
+        grace = time.monotonic() + settings.GOCI_SHUTDOWN_GRACE
+        for running in list(self._running.values()):
+            running.done.wait(max(grace - time.monotonic(), 0))
+        for running in list(self._running.values()):
+            if not running.done.is_set():
+                log.warning("job %s still running after the grace: re-queued", running.job.pk)
+                running.release = True
+                if running.engine is not None:
+                    running.engine.cancel()
+        for running in list(self._running.values()):
+            running.done.wait()
+
+    # -- one job ----------------------------------------------------------------
+
+    def _run_job(self, running: _Running) -> None:
+        job = running.job
+        try:
+            self._execute(running)
+        finally:
+            running.done.set()
+            with self._lock:
+                self._running.pop(job.pk, None)
+
+    def _execute(self, running: _Running) -> None:
+        job = running.job
+        build = Build.objects.select_related("project").get(pk=job.build_id)
+        steps = dict(Step.objects.filter(job=job).values_list("name", "id"))
+        try:
+            pipeline = load(build.pipeline, build.project.pipeline_path)
+        except PipelineError as exc:  # validated at submit; only a format change gets here
+            self._finish(job, Status.ERROR, f"the pipeline is no longer valid: {exc}")
+            return
+        workspace = make_workspace(job)
+        try:
+            executor = self._executor(pipeline.steps, workspace)
+        except Exception as exc:  # noqa: BLE001  (the build shows why it could not run)
+            shutil.rmtree(workspace, ignore_errors=True)
+            self._finish(job, Status.ERROR, str(exc))
+            return
+        # `engine` is created below; the reporter calls this only while it runs.
+        reporter = BuildReporter(job, steps, self.publisher, on_lost=lambda: engine.cancel())  # noqa: PLW0108
+        engine = Engine(
+            pipeline,
+            executor,
+            reporter,
+            branch=_branch(build.ref),
+            event=EVENTS.get(build.trigger, build.trigger),
+            env={**build.env, **server_env(build)},
+            log_cap=settings.GOCI_LOG_CAP,
+        )
+        running.engine = engine
+        beating = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(running, reporter, beating), daemon=True
+        )
+        beat.start()
+        try:
+            result = engine.run()
+        finally:
+            beating.set()
+            beat.join()
+            shutil.rmtree(workspace, ignore_errors=True)
+        if reporter.lost:
+            log.warning("job %s attempt %s was taken from us", job.pk, job.attempt)
+        elif running.release:
+            with_retry(lambda: job_release(job_id=job.pk, attempt=job.attempt), what="releasing")
+        else:
+            self._finish(job, str(result.status))
+
+    def _finish(self, job: Job, status: str, error: str = "") -> None:
+        with contextlib.suppress(services.LeaseLost):
+            with_retry(
+                lambda: services.job_finish(
+                    job_id=job.pk, attempt=job.attempt, status=status, error=error
+                ),
+                what="finishing the job",
+            )
+
+    def _executor(self, steps: object, workspace: Path) -> Executor:
+        containers = None
+        if any(step.image for step in steps):  # type: ignore[attr-defined]
+            from runners.executors.docker import from_environment  # noqa: PLC0415
+
+            containers = from_environment(workspace)
+        return ByImage(LocalExecutor(workspace), containers)
+
+    def _heartbeat(self, running: _Running, reporter: BuildReporter, stop: threading.Event) -> None:
+        """Renew the lease (every third of it) and look for a cancel (every 0.5 s)."""
+        job = running.job
+        renew_every = settings.GOCI_LEASE_SECONDS / 3
+        last = time.monotonic()
+        try:
+            while not stop.wait(CHECK_EVERY):
+                try:
+                    if time.monotonic() - last >= renew_every:
+                        cancel = job_heartbeat(job_id=job.pk, attempt=job.attempt)
+                        last = time.monotonic()
+                    else:
+                        cancel = Build.objects.filter(
+                            pk=job.build_id, cancel_requested=True
+                        ).exists()
+                except services.LeaseLost:
+                    reporter.lost = True
+                    cancel = True
+                except Exception as exc:  # noqa: BLE001  (DB outage: the lease may still hold)
+                    log.warning("heartbeat of job %s failed: %s", job.pk, exc)
+                    connection.close()
+                    continue
+                if cancel and running.engine is not None:
+                    running.engine.cancel()
+        finally:
+            connection.close()
+
+
+def server_env(build: Build) -> dict[str, str]:
+    """The variables every server-side step gets (PIPELINE.md)."""
+    return {
+        "GOCI_BUILD_ID": str(build.pk),
+        "GOCI_BUILD_NUMBER": str(build.number),
+        "GOCI_PROJECT": build.project.slug,
+        "GOCI_REF": build.ref,
+        "GOCI_COMMIT": build.commit,
+        "GOCI_EVENT": EVENTS.get(build.trigger, build.trigger),
+    }
+
+
+def _branch(ref: str) -> str | None:
+    if ref.startswith("refs/tags/"):
+        return None
+    return ref.removeprefix("refs/heads/") or None
+
+
+def make_workspace(job: Job) -> Path:
+    """A fresh directory for one attempt of a job, marked with its owner so that the
+    next worker on this machine removes it if this one dies."""
+    root = Path(settings.GOCI_WORKSPACE_ROOT)
+    path = root / f"job{job.pk}-a{job.attempt}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / OWNER_FILE).write_text(owner_label())
+    return path
+
+
+def clean_leftovers() -> None:
+    """Remove workspaces (and containers) of workers on this machine that died."""
+    root = Path(settings.GOCI_WORKSPACE_ROOT)
+    if root.is_dir():
+        for path in root.iterdir():
+            marker = path / OWNER_FILE
+            with contextlib.suppress(OSError):
+                if marker.is_file() and not owner_alive(marker.read_text().strip()):
+                    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(Exception):
+        from runners.executors.docker import DockerUnavailable, connect, prune  # noqa: PLC0415
+
+        try:
+            client = connect()
+        except DockerUnavailable:
+            return
+        try:
+            prune(client)
+        finally:
+            client.close()
+
+
+def _on_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+class _Listener:
+    """LISTEN on its own autocommit connection: an idle worker wakes the moment a build
+    is queued or canceled, instead of at its next poll."""
+
+    def __init__(self, wake: threading.Event, stopping: threading.Event) -> None:
+        self.wake = wake
+        self.stopping = stopping
+        self._stop = threading.Event()
+        self.params = connection.get_connection_params()
+        self.thread = threading.Thread(target=self._listen, name="goci-listen", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(**self.params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {services.QUEUE_CHANNEL}")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+            except Exception as exc:  # noqa: BLE001  (PostgreSQL restarts: poll meanwhile)
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                self._stop.wait(1.0)
