@@ -56,7 +56,8 @@ class Publisher:
                 await asyncio.wait_for(layer.group_send(group, message), timeout=2)
             except Exception as exc:  # noqa: BLE001  (Redis down must not stop builds)
                 self.dropped += 1
-                log.warning("live update to %s dropped: %s", group, exc)
+                if self.dropped % 100 == 1:  # an outage would otherwise log 10 lines a second
+                    log.warning("live updates dropped (%d so far): %s", self.dropped, exc)
 
     def _put(self, item: tuple[str, dict[str, Any]] | None) -> None:
         assert self._queue is not None

@@ -82,17 +82,18 @@ def worker_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def start_worker(
     tmp_path: Path, name: str, concurrency: int = 1, **extra: str
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "manage.py"),
-            "worker",
-            "--name",
-            name,
-            "--concurrency",
-            str(concurrency),
-        ],
-        env=worker_env(tmp_path, **extra),
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / f"{name}.log").open("wb"),
-    )
+    with (tmp_path / f"{name}.log").open("wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "manage.py"),
+                "worker",
+                "--name",
+                name,
+                "--concurrency",
+                str(concurrency),
+            ],
+            env=worker_env(tmp_path, **extra),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
