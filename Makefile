@@ -47,6 +47,7 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_cli.py
 	$(PY) bench/bench_docker.py
+	$(PY) bench/bench_server.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

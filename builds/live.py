@@ -18,7 +18,9 @@ from channels.layers import get_channel_layer
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 1000
+# Messages waiting to be sent; each holds one stored batch (<= 2000 lines, 256 KiB),
+# so this bounds the memory a slow or absent channel layer can take.
+QUEUE_SIZE = 64
 # Set by `goci up` to daphne's loop: the in-memory layer only works from the loop it
 # lives on (STACK-NOTES P5). Worker processes run a loop of their own.
 SERVER_LOOP: asyncio.AbstractEventLoop | None = None

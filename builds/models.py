@@ -7,6 +7,7 @@ builds/services.py and runners/queue.py, the only places that change build state
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import models
 from django.db.models import Q
 
@@ -37,7 +38,7 @@ class Project(models.Model):
     repo_url = models.CharField(max_length=500, blank=True)
     default_branch = models.CharField(max_length=200, default="main")
     pipeline_path = models.CharField(max_length=200, default=".goci.yml")
-    members = models.ManyToManyField(
+    members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
     # Build numbers are taken from here under a row lock: per project, monotonic, no gaps

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -52,7 +52,7 @@ def token_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+def token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
     """A new API token and its secret, which is shown once and never stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -61,7 +61,7 @@ def token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
     return token, secret
 
 
-def token_user(secret: str) -> AbstractBaseUser | None:
+def token_user(secret: str) -> User | None:
     """The active user of a bearer token, or None. The digest is looked up by equality
     on a unique index: a SHA-256 of a 256-bit secret leaks nothing through timing."""
     token = ApiToken.objects.select_related("user").filter(digest=token_digest(secret)).first()
@@ -79,7 +79,7 @@ def notify_queue() -> None:
             cursor.execute("SELECT pg_notify(%s, '')", [QUEUE_CHANNEL])
 
 
-def project_create(*, user: AbstractBaseUser, slug: str, name: str = "", **fields: Any) -> Project:
+def project_create(*, user: User, slug: str, name: str = "", **fields: Any) -> Project:
     with transaction.atomic():
         project = Project.objects.create(slug=slug, name=name or slug, **fields)
         Membership.objects.create(project=project, user=user, role=Role.OWNER)
@@ -101,7 +101,7 @@ def build_create(
     *,
     project: Project,
     pipeline: str,
-    author: AbstractBaseUser | None = None,
+    author: User | None = None,
     ref: str = "",
     commit: str = "",
     message: str = "",
@@ -182,7 +182,7 @@ def build_cancel(*, build: Build) -> Build:
     return build
 
 
-def build_rerun(*, build: Build, author: AbstractBaseUser | None) -> Build:
+def build_rerun(*, build: Build, author: User | None) -> Build:
     """A new build of the same snapshot, ref and commit."""
     rerun, _ = build_create(
         project=build.project,

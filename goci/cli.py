@@ -293,6 +293,53 @@ def cmd_docker_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def setup_django() -> None:
+    """The server-side commands need Django; `goci run` never loads it."""
+    import django  # noqa: PLC0415
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "goci.settings")
+    django.setup()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    setup_django()
+    from django.core.management import call_command  # noqa: PLC0415
+
+    options = {"concurrency": args.concurrency, "once": args.once}
+    if args.name:
+        options["name"] = args.name
+    call_command("worker", **options)
+    return EXIT_OK
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    setup_django()
+    from django.contrib.auth import get_user_model  # noqa: PLC0415
+
+    from builds.services import token_create  # noqa: PLC0415
+
+    user = get_user_model().objects.filter(username=args.user).first()
+    if user is None:
+        raise UsageError(
+            f"no user {args.user!r}: create one with `python manage.py createsuperuser` "
+            "or in the admin"
+        )
+    _, secret = token_create(user=user, name=args.name)
+    print(secret)
+    print(
+        f"goci: token {args.name!r} for {args.user}; it is shown once, store it now",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    setup_django()
+    from goci.server import up  # noqa: PLC0415
+
+    return up(host=args.host, port=args.port, workers=args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="goci", description="Goci: run YAML pipelines on this machine."
@@ -337,6 +384,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the pipeline format")
     schema.set_defaults(handler=cmd_schema)
+
+    worker = commands.add_parser(
+        "worker", help="run queued builds (same as `python manage.py worker`)"
+    )
+    worker.add_argument("--concurrency", type=positive_int, default=1, metavar="N")
+    worker.add_argument("--name", help="this worker's name (default: host-pid)")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    worker.set_defaults(handler=cmd_worker)
+
+    up = commands.add_parser(
+        "up", help="serve Goci: web, API and an in-process worker, on the embedded default"
+    )
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=positive_int, default=8000)
+    up.add_argument(
+        "--workers", type=positive_int, default=2, metavar="N", help="jobs at once (default 2)"
+    )
+    up.set_defaults(handler=cmd_up)
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    token_create = token_sub.add_parser(
+        "create", help="create a personal API token and print it once"
+    )
+    token_create.add_argument("--user", required=True, help="the user the token acts as")
+    token_create.add_argument("--name", default="cli", help="a name to recognise it by")
+    token_create.set_defaults(handler=cmd_token_create)
 
     docker_cmd = commands.add_parser("docker", help="manage what Goci created in Docker")
     docker_sub = docker_cmd.add_subparsers(dest="docker_command", required=True, metavar="COMMAND")

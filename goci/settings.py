@@ -127,8 +127,8 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": GOCI_DATA_DIR / "goci.sqlite3",
-            "TEST": {"NAME": GOCI_DATA_DIR / "test_goci.sqlite3"},
+            "NAME": str(GOCI_DATA_DIR / "goci.sqlite3"),
+            "TEST": {"NAME": str(GOCI_DATA_DIR / "test_goci.sqlite3")},
             # Writers wait for each other instead of failing with "database is locked".
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
         }

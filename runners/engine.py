@@ -151,7 +151,8 @@ class Engine:
         self.log_cap = log_cap
         self._cancel = threading.Event()
         # Bounded: a step that prints faster than the reporter writes waits for it.
-        self._events: queue.Queue[_Started | _Log | _Finished] = queue.Queue(maxsize=64)
+        # Each event holds up to one 64 KiB read as lines (~0.5 MB of str objects).
+        self._events: queue.Queue[_Started | _Log | _Finished] = queue.Queue(maxsize=16)
         self._deadline: float | None = None
 
     def cancel(self) -> None:

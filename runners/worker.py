@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 OWNER_FILE = ".goci-owner"
 # Cancel must reach a running step within 2 s: the heartbeat looks this often.
 CHECK_EVERY = 0.5
-EVENTS = {Build.Trigger.RERUN: "manual"}
+EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
 
 
 @dataclass
