@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from builds import services
 from builds.models import Build, Job, LogChunk, Status, Step
+from runners.owner import owner_label
 from runners.queue import RUNNER_LOST, job_claim, job_heartbeat, jobs_reap
 from runners.reporting import LogSink, Masker
 from runners.worker import Worker
@@ -257,3 +258,31 @@ def test_the_sink_masks_secrets_and_stores_consecutive_batches() -> None:
 
 def test_the_masker_masks_the_longest_secret_first() -> None:
     assert Masker(["abc", "abcdef"])(["xabcdefx abc", "none"]) == ["x********x ********", "none"]
+
+
+def test_each_job_gets_a_fresh_workspace_removed_afterwards(tmp_path: Path) -> None:
+    build = submit(make_project(), "steps: [{run: 'pwd; touch made-here'}]")
+    worker = Worker()
+    try:
+        worker.run_one_job()
+    finally:
+        worker.close()
+    job = Job.objects.get(build=build)
+    assert log_lines(Step.objects.get(job=job)) == [(1, str(tmp_path / "ws" / f"job{job.pk}-a1"))]
+    assert list((tmp_path / "ws").iterdir()) == []
+
+
+def test_a_dead_worker_s_workspace_is_removed_by_the_next_worker(tmp_path: Path) -> None:
+    dead = tmp_path / "ws" / "job999-a1"
+    dead.mkdir(parents=True)
+    (dead / ".goci-owner").write_text("some-old-boot:12345:1")
+    alive = tmp_path / "ws" / "job998-a1"
+    alive.mkdir()
+    (alive / ".goci-owner").write_text(owner_label())
+    worker = Worker()
+    try:
+        assert worker.run_one_job() is False
+    finally:
+        worker.close()
+    assert not dead.exists()
+    assert alive.exists()  # its owner (this process) still runs it
