@@ -19,18 +19,22 @@ STEPS = 20
 LINES = 1_000_000
 GOCI = [sys.executable, "-m", "goci.cli", "run"]
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.measure import peak_rss_mb  # noqa: E402
 
 
-def timed(argv: list[str], cwd: Path, stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command."""
+def timed(
+    argv: list[str], cwd: Path, stdout: int | None = subprocess.DEVNULL
+) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one command."""
     began = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=stdout, env={**os.environ, "NO_COLOR": "1"})
-    _, status, usage = os.wait4(proc.pid, 0)
+    rss = peak_rss_mb(proc)
     elapsed = time.perf_counter() - began
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} exited {proc.returncode}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, rss
 
 
 def median_of(argv: list[str], cwd: Path) -> float:
@@ -69,7 +73,7 @@ def main() -> None:
             with (work / "out.log").open("wb") as out:
                 samples.append(timed([*GOCI, lines], work, stdout=out.fileno()))
         elapsed = statistics.median(s[0] for s in samples)
-        rss_mb = max(s[1] for s in samples) / 1024
+        rss_mb = max(s[1] for s in samples)
         got = sum(1 for line in (work / "out.log").open("rb") if line.startswith(b"s0 | "))
         assert got == LINES, f"expected {LINES} lines in the output, found {got}"
         print(

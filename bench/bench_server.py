@@ -28,6 +28,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "goci.settings")
 os.environ.pop("REDIS_URL", None)
 sys.path.insert(0, str(REPO))
 
+from bench.measure import peak_rss_mb  # noqa: E402
+
 
 def prepare_database() -> None:
     import psycopg
@@ -129,8 +131,7 @@ def main() -> None:
             env=env,
             stdout=subprocess.DEVNULL,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = peak_rss_mb(proc)
         step = Step.objects.get(job__build=build)
         assert step.started_at is not None
         assert step.finished_at is not None
@@ -141,7 +142,7 @@ def main() -> None:
             f"1,000,000 lines persisted:   {stored / seconds:9,.0f} lines/s ({seconds:.2f} s; "
             f"{time.monotonic() - began:.2f} s with worker start-up)   target >= 100,000"
         )
-        print(f"worker peak RSS:             {usage.ru_maxrss / 1024:7.1f} MB   target <= 150 MB")
+        print(f"worker peak RSS:             {peak:7.1f} MB   target <= 150 MB")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,25 @@ def goci(
     )
 
 
+def peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
+    """Peak RSS of a child until it exits, in MB, from its VmHWM.
+
+    Not getrusage/wait4: their ru_maxrss counts the memory of the forked test process
+    before exec, which grows with the test suite, not with the program measured.
+    """
+    peak = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass  # exiting
+        time.sleep(0.02)
+    return peak / 1024
+
+
 def processes_matching(marker: str) -> list[int]:
     """PIDs whose command line contains marker (to prove nothing was left behind)."""
     found = []
@@ -104,3 +123,27 @@ def processes_matching(marker: str) -> list[int]:
         if marker in cmdline and "zombie" not in state:
             found.append(int(entry.name))
     return found
+
+
+# Users, tokens and projects for the server's tests (Django is imported on use, so the
+# engine's tests need no database).
+
+
+def make_user(name: str) -> object:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username=name, password=None)
+
+
+def make_token(user: object) -> str:
+    """A personal API token of the user; the secret to send as `Bearer <secret>`."""
+    from builds import services
+
+    _, secret = services.token_create(user=user, name="test")  # type: ignore[arg-type]
+    return secret
+
+
+def make_project(owner: object, slug: str) -> object:
+    from builds import services
+
+    return services.project_create(user=owner, slug=slug)  # type: ignore[arg-type]
