@@ -121,7 +121,9 @@ ASGI_APPLICATION = "goci.asgi.application"
 # for several worker processes (row locks with SKIP LOCKED, LISTEN/NOTIFY).
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # conn_max_age 0: under ASGI each request may run on its own thread, and persistent
+    # connections of finished threads would stay open until PostgreSQL's limit is hit.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME", "test_goci")}
 else:
     DATABASES = {
@@ -172,7 +174,11 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = GOCI_DATA_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage",
+        # Before collectstatic (tests, a first start) files are served unhashed, not 500.
+        "OPTIONS": {"manifest_strict": False},
+    },
 }
 WHITENOISE_USE_FINDERS = True  # serve from the app folders too, so collectstatic is optional
 
