@@ -174,11 +174,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = GOCI_DATA_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage",
-        # Before collectstatic (tests, a first start) files are served unhashed, not 500.
-        "OPTIONS": {"manifest_strict": False},
-    },
+    "staticfiles": {"BACKEND": "goci.storage.StaticStorage"},
 }
 WHITENOISE_USE_FINDERS = True  # serve from the app folders too, so collectstatic is optional
 

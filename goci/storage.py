@@ -1,0 +1,10 @@
+"""Static files: hashed names and compression (whitenoise) after collectstatic, and
+plain names before it (tests, a first start) instead of a 500."""
+
+from __future__ import annotations
+
+from whitenoise.storage import CompressedManifestStaticFilesStorage
+
+
+class StaticStorage(CompressedManifestStaticFilesStorage):
+    manifest_strict = False
