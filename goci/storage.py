@@ -8,3 +8,9 @@ from whitenoise.storage import CompressedManifestStaticFilesStorage
 
 class StaticStorage(CompressedManifestStaticFilesStorage):
     manifest_strict = False
+
+    def stored_name(self, name: str) -> str:
+        try:
+            return str(super().stored_name(name))
+        except ValueError:  # not collected yet: whitenoise finds it in the app folders
+            return name
