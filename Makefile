@@ -26,15 +26,7 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
 	@touch $@
 
 up: $(VENV)/.installed
-	$(PY) manage.py check --fail-level ERROR
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
-	@echo
-	@echo "Goci is starting at http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
-	@echo "First time? Create an admin: $(PY) manage.py createsuperuser"
-	@echo "Run a pipeline on this machine: $(VENV)/bin/goci run path/to/.goci.yml"
-	@echo
-	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
+	$(VENV)/bin/goci up --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .

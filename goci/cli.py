@@ -334,8 +334,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    setup_django()
-    from goci.server import up  # noqa: PLC0415
+    from goci.server import up  # noqa: PLC0415  (sets Django up and reports bad settings)
 
     return up(host=args.host, port=args.port, workers=args.workers)
 
