@@ -204,6 +204,11 @@ class Worker:
                 ),
                 what="finishing the job",
             )
+            if self.publisher is not None:
+                build = Build.objects.values_list("status", flat=True).get(pk=job.build_id)
+                self.publisher.publish(
+                    job.build_id, {"type": "build.status", "build": job.build_id, "status": build}
+                )
 
     def _executor(self, steps: object, workspace: Path) -> Executor:
         containers = None
