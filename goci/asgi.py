@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "goci.settings")
-# whitenoise warns when STATIC_ROOT is missing (before the first collectstatic); the
-# test suite turns warnings into errors, so a fresh checkout would fail to import this.
-Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 # Django first: it sets up the apps, which Channels' auth and the consumers import.
 django_asgi_app = get_asgi_application()
 

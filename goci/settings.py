@@ -6,6 +6,7 @@ own knobs are GOCI_*. Code reads django.conf.settings, never os.environ.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -79,6 +80,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_htmx",
+    # Its default app config wraps the template loaders so "page.html#partial" resolves.
+    "template_partials",
     "ninja",  # in INSTALLED_APPS so /api/docs serves its own Swagger files, not a CDN's
     "goci",
     "builds",
@@ -93,6 +97,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",  # request.htmx: one URL serves page or fragment
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -157,6 +162,10 @@ GOCI_WORKSPACE_ROOT = Path(os.environ.get("GOCI_WORKSPACE_ROOT", GOCI_DATA_DIR /
 GOCI_LOG_CAP = env_int("GOCI_LOG_CAP", 100 * 1024 * 1024)
 GOCI_MAX_PIPELINE_BYTES = 1024 * 1024
 
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "builds:dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -172,6 +181,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = GOCI_DATA_DIR / "static"
+# WhiteNoise warns about a missing STATIC_ROOT (before the first collectstatic) every
+# time its middleware starts; the directory is Goci's own, so make it.
+with contextlib.suppress(OSError):  # a read-only data dir: collectstatic will say so
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "goci.storage.StaticStorage"},
