@@ -19,6 +19,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from whitenoise.middleware import WhiteNoiseMiddleware  # noqa: E402
 
+from builds.routing import websocket_urlpatterns  # noqa: E402
+
 # As django-stubs types ASGIHandler.__call__.
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -26,9 +28,6 @@ Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CHUNK = 64 * 1024
-
-# The live-log consumer arrives with the next issue.
-websocket_urlpatterns: list[Any] = []
 
 
 class StaticFiles:

@@ -96,7 +96,7 @@ class Embedded:
         host, port = self.server.listening_addresses[0]
         address = url(host, port)
         say(f"\nGoci is running at {address}  (Ctrl-C stops it)")
-        say(f"Log in at {address}admin/ {self.login}.")
+        say(f"Sign in at {address} {self.login} (operators: {address}admin/).")
         if host in ANY_ADDRESS:
             say("Listening on every interface: add this machine's name to ALLOWED_HOSTS.")
 

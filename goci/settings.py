@@ -162,9 +162,9 @@ GOCI_WORKSPACE_ROOT = Path(os.environ.get("GOCI_WORKSPACE_ROOT", GOCI_DATA_DIR /
 GOCI_LOG_CAP = env_int("GOCI_LOG_CAP", 100 * 1024 * 1024)
 GOCI_MAX_PIPELINE_BYTES = 1024 * 1024
 
-LOGIN_URL = "login"
+LOGIN_URL = "builds:login"  # /login/, routed in builds/urls.py with the dashboard
 LOGIN_REDIRECT_URL = "builds:dashboard"
-LOGOUT_REDIRECT_URL = "login"
+LOGOUT_REDIRECT_URL = "builds:login"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

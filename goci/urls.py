@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path, re_path
-from django.views.generic import RedirectView
+from django.urls import include, path, re_path
 
 from builds import api
 
@@ -11,6 +10,5 @@ urlpatterns = [
     path("api/", api.urls()),
     # After the API's own routes: every other /api/ URL answers in JSON too.
     re_path(r"^api/", api.not_found),
-    # The dashboard arrives with issue #6; until then the admin is the site.
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("builds.urls")),
 ]

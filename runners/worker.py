@@ -178,6 +178,10 @@ class Worker:
             log_cap=settings.GOCI_LOG_CAP,
         )
         running.engine = engine
+        if self.publisher is not None:  # the page shows "running" without waiting to poll
+            self.publisher.publish(
+                job.build_id, {"type": "build.status", "build": job.build_id, "status": "running"}
+            )
         beating = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat, args=(running, reporter, beating), daemon=True
