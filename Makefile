@@ -40,6 +40,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_cli.py
 	$(PY) bench/bench_docker.py
 	$(PY) bench/bench_server.py
+	$(PY) bench/bench_browser.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

@@ -33,7 +33,7 @@ start = time.time()
 for i in range(1, total + 1):
     due = start + i / rate
     while time.time() < due:
-        time.sleep(min(0.001, due - time.time()))
+        time.sleep(max(0.0, min(0.001, due - time.time())))
     print(i, f"{{time.time() * 1000:.3f}}", flush=(i % max(1, rate // 1000) == 0))
 '"""
 
