@@ -75,6 +75,9 @@ def test_run_a_pipeline_from_the_project_page_and_watch_it_live(
     )
     assert shown_lines(page, "slow") == [f"line {i}" for i in range(1, 11)]
     assert page.locator('section.step[data-step="slow"] .log .ansi-fg-2').count() >= 1
+    # The header follows too: Cancel gives way to Rerun without a reload.
+    page.wait_for_selector('#build-header [hx-post$="/rerun"]', timeout=10000)
+    assert page.locator('#build-header [hx-post$="/cancel"]').count() == 0
     screenshot(page, "build-page")
     page.goto("/")
     screenshot(page, "dashboard")
@@ -179,3 +182,22 @@ def test_another_user_gets_404_for_the_page_the_raw_log_and_the_socket(
         f"{server.url.replace('http', 'ws')}/ws/builds/{build}/",
     )
     assert code != "opened"
+
+
+def test_cancel_a_running_build_then_rerun_it_from_the_page(
+    admin_page: Any, server: Server
+) -> None:
+    page = admin_page
+    make_project(server, "stoppable")
+    build = submit(server, "stoppable", "steps:\n  - name: long\n    run: echo go; sleep 60\n")
+    page.goto(f"/builds/{build}/")
+    page.wait_for_function("window.gociLog && window.gociLog.lastLine('long') >= 1", timeout=15000)
+    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
+    page.wait_for_function(
+        "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
+    )
+    assert page.get_attribute('section.step[data-step="long"]', "data-status") == "canceled"
+    page.wait_for_selector('#build-header [hx-post$="/rerun"]', timeout=10000)
+    page.click('#build-header [hx-post$="/rerun"] button, #build-header button:has-text("Rerun")')
+    page.wait_for_url(lambda url: url.rstrip("/").endswith(str(build)) is False, timeout=10000)
+    assert page.locator("h1").first.inner_text().startswith("Build #2")
