@@ -9,19 +9,24 @@ short one does.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
-from django.db.models import Subquery, Value
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
+from django.db.models import F, Q, Subquery, Value
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
 from builds.access import find_build_for_user
-from builds.models import LogChunk, Step
+from builds.models import FINISHED, Build, LogChunk, Step
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 5000
@@ -208,3 +213,191 @@ def step_lines(request: HttpRequest, build_id: int, position: int) -> JsonRespon
     response = JsonResponse(body)
     response["Cache-Control"] = "no-store"
     return response
+
+
+# How often a followed log asks the database for new lines.
+POLL_SECONDS = 0.2
+# Log text is sent in blocks of about this many characters, whatever the chunk sizes.
+BLOCK_CHARS = 64 * 1024
+# Log text, and None where a follower waits before it polls again.
+Pieces = Generator[str | None, None, None]
+
+
+# ---------------------------------------------------------------------------
+# Whole logs as streamed text (API and downloads): bounded pieces, followed by polling.
+
+
+def log_pieces(build_id: int, *, step: str | None, after: int, follow: bool) -> Pieces:
+    """The log text in pieces, and None where a follower should wait and poll again.
+
+    Each pass reads the build's status, then its steps with their job's current
+    attempt, then the chunks past what was sent. A build that had finished before a
+    pass read its chunks can gain no line (log writes are fenced by the job's
+    attempt), so that pass is the last one.
+    """
+    reader = _LogReader(headers=step is None)
+    first = True
+    while True:
+        status = Build.objects.filter(pk=build_id).values_list("status", flat=True).first()
+        finished = status is None or status in FINISHED  # None: deleted meanwhile
+        steps = Step.objects.filter(job__build_id=build_id).order_by("job_id", "position", "id")
+        if step is not None:
+            steps = steps.filter(name=step)
+        current = list(steps.values_list("id", "name", "status", "job__attempt"))
+        if first:
+            reader.sent = {(step_id, attempt): after for step_id, _, _, attempt in current}
+        yield from reader.read(current, first=first)
+        first = False
+        if not follow or finished:
+            return
+        yield None
+
+
+class _LogReader:
+    """Sends each line of a log once, from line cursors per step and attempt (a job
+    taken over by a new attempt starts its steps' lines again from 1)."""
+
+    def __init__(self, *, headers: bool) -> None:
+        self.headers = headers
+        self.sent: dict[tuple[int, int], int] = {}  # (step id, attempt) -> last line sent
+        self.shown: tuple[int, int] | None = None  # whose header the text is under
+
+    def read(self, steps: list[tuple[int, str, str, int]], *, first: bool) -> Iterator[str]:
+        chunks = _Peekable(self._chunks(steps))
+        try:
+            for step_id, name, status, attempt in steps:
+                key = (step_id, attempt)
+                # The first pass shows every step's header; later passes only where new
+                # lines do not continue the step shown last.
+                if self.headers and (first or chunks.step_id == step_id) and self.shown != key:
+                    yield f"==> {name} ({status})\n"
+                    self.shown = key
+                while chunks.step_id == step_id:
+                    yield self._text(key, chunks.pop())
+        finally:
+            chunks.close()
+
+    def _text(self, key: tuple[int, int], chunk: LogChunk) -> str:
+        last = self.sent.get(key, 0)
+        self.sent[key] = chunk.first_line + chunk.line_count - 1
+        if chunk.first_line > last:
+            return chunk.text + "\n"
+        # The chunk straddles `after`: only its lines past it.
+        return "\n".join(chunk.lines()[last + 1 - chunk.first_line :]) + "\n"
+
+    def _chunks(self, steps: list[tuple[int, str, str, int]]) -> Iterator[LogChunk]:
+        """The chunks of these steps' attempts with lines not sent yet, in step order
+        and line order, read through a cursor rather than into memory."""
+        if not steps:
+            return iter(())
+        newer = Q()
+        for step_id, _, _, attempt in steps:
+            last = self.sent.get((step_id, attempt), 0)
+            newer |= Q(step_id=step_id, attempt=attempt, end__gt=last + 1)
+        return (
+            LogChunk.objects.alias(end=F("first_line") + F("line_count"))
+            .filter(newer)
+            .order_by("step__job_id", "step__position", "step_id", "first_line")
+            .only("step_id", "first_line", "line_count", "text")
+            .iterator(chunk_size=100)
+        )
+
+
+class _Peekable:
+    """Chunks with the step of the next one in view (None at the end)."""
+
+    def __init__(self, chunks: Iterator[LogChunk]) -> None:
+        self._chunks = chunks
+        self._next = next(chunks, None)
+
+    @property
+    def step_id(self) -> int | None:
+        return None if self._next is None else self._next.step_id
+
+    def pop(self) -> LogChunk:
+        assert self._next is not None
+        chunk, self._next = self._next, next(self._chunks, None)
+        return chunk
+
+    def close(self) -> None:
+        # Ends the database cursor of a log that the client stopped reading.
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _blocks(pieces: Pieces) -> Pieces:
+    """Join small pieces into blocks of about BLOCK_CHARS; pass the waits through."""
+    buffer: list[str] = []
+    size = 0
+    try:
+        for piece in pieces:
+            if piece is not None:
+                buffer.append(piece)
+                size += len(piece)
+                if size < BLOCK_CHARS:
+                    continue
+            if buffer:
+                yield "".join(buffer)
+                buffer, size = [], 0
+            if piece is None:
+                yield None
+        if buffer:
+            yield "".join(buffer)
+    finally:
+        pieces.close()
+
+
+def stream_text(request: HttpRequest, pieces: Pieces) -> StreamingHttpResponse:
+    blocks = _blocks(pieces)
+    # Under ASGI (daphne) Django would read a sync iterator to its end before sending a
+    # byte: a followed log would never arrive. So ASGI gets an async iterator.
+    content = _AsyncBlocks(blocks) if isinstance(request, ASGIRequest) else _sync_blocks(blocks)
+    response = StreamingHttpResponse(content, content_type="text/plain; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    response["X-Accel-Buffering"] = "no"  # a proxy must pass a followed log on at once
+    return response
+
+
+def _sync_blocks(blocks: Pieces) -> Iterator[str]:
+    try:
+        for block in blocks:
+            if block is None:
+                time.sleep(POLL_SECONDS)
+            else:
+                yield block
+    finally:
+        blocks.close()
+
+
+class _AsyncBlocks:
+    """The blocks for an ASGI server: each is read from the database on the request's
+    own thread (thread_sensitive), the waits between polls block no thread, and
+    `close()` (called by Django when the response ends) ends the reading there too."""
+
+    def __init__(self, blocks: Pieces) -> None:
+        self._blocks = blocks
+        self._read = sync_to_async(self._read_one, thread_sensitive=True)
+
+    def _read_one(self) -> str | bool | None:
+        return next(self._blocks, False)
+
+    def __aiter__(self) -> _AsyncBlocks:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            block = await self._read()
+            if block is False:
+                raise StopAsyncIteration
+            if isinstance(block, str):
+                return block
+            await asyncio.sleep(POLL_SECONDS)
+
+    def close(self) -> None:
+        try:
+            self._blocks.close()
+        finally:
+            # Django runs this on the request's own thread, which ends with the
+            # response: a connection kept for reuse there would only be left open.
+            connection.close()

@@ -24,9 +24,8 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from builds import access, services
-from builds.api import _log_pieces, _stream_text
 from builds.forms import BuildFilterForm, RunPipelineForm
-from builds.logs import iter_step_lines
+from builds.logs import iter_step_lines, log_pieces, stream_text
 from builds.models import Build, LogChunk, Project, Status, Step
 from builds.pipeline import PipelineError
 
@@ -266,7 +265,7 @@ def step_raw(request: HttpRequest, build_id: int, position: int) -> StreamingHtt
         raise Http404("no such step")
     lines = (f"{text}\n" for _, text, _ in iter_step_lines(step, step.job.attempt))
     filename = f"{build.project.slug}-{build.number}-{step.name}.log"
-    return _attachment(_stream_text(request, lines), filename)
+    return _attachment(stream_text(request, lines), filename)
 
 
 @login_required
@@ -275,8 +274,8 @@ def build_raw(request: HttpRequest, build_id: int) -> StreamingHttpResponse:
     """The whole log: every step under a `==> name (status)` header."""
     build = _build_or_404(request, build_id)
     # The API's reader: the same text as GET /api/builds/<id>/logs, streamed under ASGI.
-    pieces = _log_pieces(build.pk, step=None, after=0, follow=False)
-    return _attachment(_stream_text(request, pieces), f"{build.project.slug}-{build.number}.log")
+    pieces = log_pieces(build.pk, step=None, after=0, follow=False)
+    return _attachment(stream_text(request, pieces), f"{build.project.slug}-{build.number}.log")
 
 
 # ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from django.test import AsyncClient, Client
 from django.utils import timezone
 
 from builds import api as api_module
+from builds import logs as log_module
 from builds import services
 from builds.models import Build, Job, LogChunk, Membership, Project, Role, Status
 from builds.pipeline import MAX_BYTES
@@ -810,7 +811,7 @@ def test_after_without_a_step_is_422(project: Any, api: Api) -> None:
 def test_following_a_finished_build_returns_at_once(
     project: Any, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_module, "POLL_SECONDS", 60)  # a single wait would show
+    monkeypatch.setattr(log_module, "POLL_SECONDS", 60)  # a single wait would show
     build = make_build(project)
     job = start(build)
     log(job, "Build", 1, "built")
@@ -826,7 +827,7 @@ def test_following_a_finished_build_returns_at_once(
 def test_following_sends_new_lines_until_the_build_ends(
     project: Any, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(log_module, "POLL_SECONDS", 0.01)
     build = make_build(project)
     job = start(build)
     log(job, "Build", 1, "one")
@@ -848,7 +849,7 @@ def test_following_sends_new_lines_until_the_build_ends(
 def test_following_one_step_from_a_line(
     project: Any, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(log_module, "POLL_SECONDS", 0.01)
     build = make_build(project)
     job = start(build)
     log(job, "Build", 1, "one", "two")
@@ -867,7 +868,7 @@ def test_following_one_step_from_a_line(
 def test_a_job_taken_over_by_a_new_attempt_starts_its_lines_again(
     project: Any, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(log_module, "POLL_SECONDS", 0.01)
     build = make_build(project)
     job = start(build)
     log(job, "Build", 1, "first try")
@@ -905,7 +906,7 @@ def test_a_huge_log_is_streamed_in_bounded_blocks(project: Any, api: Api) -> Non
     assert response.streaming
     assert sum(sizes) == len("==> Build (queued)\n==> Test (queued)\n") + 500 * 100 * 80
     assert len(sizes) > 50
-    assert max(sizes) <= api_module.BLOCK_CHARS + 100 * 80
+    assert max(sizes) <= log_module.BLOCK_CHARS + 100 * 80
 
 
 @pytest.mark.django_db(transaction=True)
@@ -914,7 +915,7 @@ async def test_under_asgi_a_followed_log_streams_as_it_grows(
 ) -> None:
     # Under ASGI Django reads a sync iterator to its end before it sends anything: the
     # log must come as an async iterator there, or following would never return.
-    monkeypatch.setattr(api_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(log_module, "POLL_SECONDS", 0.01)
 
     def setup() -> tuple[str, Job]:
         owner = make_user("olivia")
