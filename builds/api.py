@@ -18,7 +18,6 @@ from typing import Annotated, Any
 
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
-from django.db import IntegrityError
 from django.db.models import QuerySet, prefetch_related_objects
 from django.http import (
     HttpRequest,
@@ -251,8 +250,8 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Reply[Project]:
     """Create a project; you become its owner."""
     try:
         project = services.project_create(user=_user(request), **payload.model_dump())
-    except IntegrityError:
-        raise HttpError(409, f"a project with the slug {payload.slug!r} already exists") from None
+    except services.Conflict as exc:
+        raise HttpError(409, str(exc)) from None
     return Reply(201, project)
 
 

@@ -79,11 +79,105 @@ def notify_queue() -> None:
             cursor.execute("SELECT pg_notify(%s, '')", [QUEUE_CHANNEL])
 
 
+class Conflict(ValueError):
+    """The request clashes with what exists (a taken slug, a member twice): 409."""
+
+
+PROJECT_FIELDS = ("name", "repo_url", "default_branch", "pipeline_path")
+
+
 def project_create(*, user: User, slug: str, name: str = "", **fields: Any) -> Project:
-    with transaction.atomic():
-        project = Project.objects.create(slug=slug, name=name or slug, **fields)
-        Membership.objects.create(project=project, user=user, role=Role.OWNER)
+    """A new project; `user` becomes its owner. Conflict if the slug is taken."""
+    try:
+        with transaction.atomic():
+            project = Project.objects.create(slug=slug, name=name or slug, **fields)
+            Membership.objects.create(project=project, user=user, role=Role.OWNER)
+    except IntegrityError:
+        raise Conflict(f"a project with the slug {slug!r} already exists") from None
     return project
+
+
+def project_update(*, project: Project, **fields: Any) -> Project:
+    """Change the project's settings (those of PROJECT_FIELDS that are given)."""
+    unknown = set(fields) - set(PROJECT_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"these project settings cannot be changed: {sorted(unknown)}")
+    for name, value in fields.items():
+        setattr(project, name, value)
+    if "name" in fields and not project.name:
+        project.name = project.slug
+    if fields:
+        project.save(update_fields=list(fields))
+    return project
+
+
+def project_delete(*, project: Project) -> None:
+    """Delete the project with its builds and logs. Running jobs lose their lease
+    writes (their rows are gone) and stop at their next heartbeat."""
+    Project.objects.filter(pk=project.pk).delete()
+
+
+def project_transfer(*, project: Project, to: User) -> Membership:
+    """Make `to` (already a member) an owner; other owners stay owners."""
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().filter(project=project, user=to).first()
+        if membership is None:
+            raise InvalidRequest(
+                f"{to.get_username()} is not a member of {project.slug}: add them first"
+            )
+        membership.role = Role.OWNER
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def _owners_left(project: Project, without: Membership) -> bool:
+    return (
+        Membership.objects.filter(project=project, role=Role.OWNER).exclude(pk=without.pk).exists()
+    )
+
+
+def member_add(*, project: Project, user: User, role: str) -> Membership:
+    """Add a member. Conflict if they already are one."""
+    if role not in Role.values:
+        raise InvalidRequest(f"role: {role!r} is not one of {', '.join(Role.values)}")
+    try:
+        with transaction.atomic():
+            return Membership.objects.create(project=project, user=user, role=role)
+    except IntegrityError:
+        raise Conflict(
+            f"{user.get_username()} is already a member of {project.slug}; change their role"
+        ) from None
+
+
+def member_change(*, membership: Membership, role: str) -> Membership:
+    """Give a member another role; the last owner stays an owner."""
+    if role not in Role.values:
+        raise InvalidRequest(f"role: {role!r} is not one of {', '.join(Role.values)}")
+    with transaction.atomic():
+        # The project row lock serialises membership changes: two owners demoting each
+        # other at once cannot leave the project without one.
+        Project.objects.select_for_update().get(pk=membership.project_id)
+        if (
+            membership.role == Role.OWNER
+            and role != Role.OWNER
+            and not _owners_left(membership.project, membership)
+        ):
+            raise InvalidRequest("a project needs an owner: make someone else an owner first")
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def member_remove(*, membership: Membership) -> None:
+    """Remove a member; the last owner cannot be removed. Their open live-log sockets
+    stop receiving lines within seconds (the consumer checks membership)."""
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=membership.project_id)
+        if membership.role == Role.OWNER and not _owners_left(membership.project, membership):
+            raise InvalidRequest(
+                "a project needs an owner: make someone else an owner first, or delete it"
+            )
+        membership.delete()
 
 
 def _check_env(env: Mapping[str, Any]) -> dict[str, str]:

@@ -161,6 +161,14 @@ GOCI_SHUTDOWN_GRACE = env_int("GOCI_SHUTDOWN_GRACE", 30)
 GOCI_WORKSPACE_ROOT = Path(os.environ.get("GOCI_WORKSPACE_ROOT", GOCI_DATA_DIR / "workspaces"))
 GOCI_LOG_CAP = env_int("GOCI_LOG_CAP", 100 * 1024 * 1024)
 GOCI_MAX_PIPELINE_BYTES = 1024 * 1024
+# Steps without `image:` on server workers (goci worker, goci up). "deny" (the default):
+# they run in GOCI_DEFAULT_IMAGE if that is set, else the build ends in error before any
+# step runs. "allow": they run on the worker's host, with an environment built from
+# scratch - every user who can run builds then gets the server's own rights.
+GOCI_HOST_STEPS = os.environ.get("GOCI_HOST_STEPS", "deny").strip().lower() or "deny"
+if GOCI_HOST_STEPS not in ("deny", "allow"):
+    raise ValueError(f"GOCI_HOST_STEPS must be 'deny' or 'allow', not {GOCI_HOST_STEPS!r}")
+GOCI_DEFAULT_IMAGE = os.environ.get("GOCI_DEFAULT_IMAGE", "").strip()
 
 LOGIN_URL = "builds:login"  # /login/, routed in builds/urls.py with the dashboard
 LOGIN_REDIRECT_URL = "builds:dashboard"
