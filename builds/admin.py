@@ -3,6 +3,8 @@ cancel or rerun from an action."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -11,20 +13,21 @@ from builds import services
 from builds.models import ApiToken, Build, Job, LogChunk, Membership, Project, Step
 
 
-class MembershipInline(admin.TabularInline):
+
+class MembershipInline(admin.TabularInline[Membership, Project]):
     model = Membership
     extra = 0
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(admin.ModelAdmin[Project]):
     list_display = ["slug", "name", "default_branch", "created_at"]
     search_fields = ["slug", "name", "repo_url"]
     readonly_fields = ["next_build_number", "created_at"]
     inlines = [MembershipInline]
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline[Any, Any]):
     extra = 0
     can_delete = False
     show_change_link = True
@@ -42,7 +45,7 @@ class JobInline(ReadOnlyInline):
 
 
 @admin.register(Build)
-class BuildAdmin(admin.ModelAdmin):
+class BuildAdmin(admin.ModelAdmin[Build]):
     list_display = ["__str__", "status", "trigger", "ref", "short_commit", "author", "created_at"]
     list_filter = ["status", "trigger", "project"]
     search_fields = ["project__slug", "ref", "commit", "message", "=number"]
@@ -78,7 +81,7 @@ class StepInline(ReadOnlyInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(admin.ModelAdmin[Job]):
     list_display = ["__str__", "status", "attempt", "worker", "lease_expires_at"]
     list_filter = ["status"]
     search_fields = ["build__project__slug", "worker"]
@@ -95,7 +98,7 @@ class LogChunkInline(ReadOnlyInline):
 
 
 @admin.register(Step)
-class StepAdmin(admin.ModelAdmin):
+class StepAdmin(admin.ModelAdmin[Step]):
     list_display = ["__str__", "status", "exit_code", "started_at", "finished_at"]
     list_filter = ["status"]
     readonly_fields = [f.name for f in Step._meta.fields]
@@ -106,7 +109,7 @@ class StepAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     list_display = ["name", "user", "prefix", "created_at", "last_used_at"]
     search_fields = ["name", "user__username", "prefix"]
     readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]

@@ -12,6 +12,10 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
+
+# Admin classes are generic for mypy (ModelAdmin[Build]); this makes them so at run time.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -73,7 +77,7 @@ SECRET_KEY = env_secret("SECRET_KEY", "") or embedded_secret_key(GOCI_DATA_DIR)
 
 INSTALLED_APPS = [
     "daphne",  # before staticfiles: its runserver serves WebSockets too
-    "django.contrib.admin",
+    "goci.admin.GociAdminConfig",  # django.contrib.admin, for superusers only
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -59,3 +59,33 @@ def test_cancel_and_rerun_actions(operator: Client) -> None:
     operator.post("/admin/builds/build/", {"action": "rerun", "_selected_action": [build.pk]})
     rerun = Build.objects.get(rerun_of=build)
     assert (rerun.status, rerun.trigger, rerun.number) == (Status.QUEUED, "rerun", 2)
+
+
+def test_the_admin_says_goci_administration(operator: Client) -> None:
+    page = operator.get("/admin/")
+    assert page.status_code == 200
+    assert b'<div id="site-name"><a href="/admin/">Goci administration</a></div>' in page.content
+    assert b"Django administration" not in page.content
+
+
+def test_staff_without_superuser_cannot_use_the_admin_or_its_actions(client: Client) -> None:
+    """Model permissions would let a staff member edit memberships and so bypass the
+    project roles: the admin is for superusers only, and its actions too."""
+    from django.contrib.auth.models import Permission
+
+    build = submit(make_project(), "steps: [{run: 'true'}]")
+    staff = User.objects.create_user("stan", password="a long passphrase 1", is_staff=True)
+    staff.user_permissions.set(Permission.objects.all())
+    client.force_login(staff)
+
+    for url in ("/admin/", "/admin/builds/build/", "/admin/builds/membership/"):
+        page = client.get(url)
+        assert page.status_code == 302, url
+        assert page["Location"].startswith("/admin/login/"), url
+    response = client.post(
+        "/admin/builds/build/", {"action": "cancel", "_selected_action": [build.pk]}
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+    build.refresh_from_db()
+    assert (build.status, build.cancel_requested) == (Status.QUEUED, False)
