@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# The latency step runs python3 in the host shell, which servers refuse by default.
+os.environ["GOCI_HOST_STEPS"] = "allow"
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.test_up import PASSWORD, Up, free_port, manage  # noqa: E402

@@ -86,8 +86,24 @@ class Conflict(ValueError):
 PROJECT_FIELDS = ("name", "repo_url", "default_branch", "pipeline_path")
 
 
+def slug_problem(value: str) -> str | None:
+    """What is wrong with a project slug, or None (the API and the pages say the same)."""
+    if (
+        not value
+        or len(value) > 100
+        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+    ):
+        return "a slug is 1 to 100 letters, digits, '-' or '_' (no spaces)"
+    if value.isdigit():
+        # Projects are named by slug or id in the API: "42" must mean one thing.
+        return "a slug needs a letter, '-' or '_' so that it cannot be taken for an id"
+    return None
+
+
 def project_create(*, user: User, slug: str, name: str = "", **fields: Any) -> Project:
     """A new project; `user` becomes its owner. Conflict if the slug is taken."""
+    if problem := slug_problem(slug):
+        raise InvalidRequest(f"slug: {problem}")
     try:
         with transaction.atomic():
             project = Project.objects.create(slug=slug, name=name or slug, **fields)
@@ -134,6 +150,30 @@ def _owners_left(project: Project, without: Membership) -> bool:
     return (
         Membership.objects.filter(project=project, role=Role.OWNER).exclude(pk=without.pk).exists()
     )
+
+
+def user_delete(*, user: User, with_projects: bool = False) -> list[str]:
+    """Delete a user; their memberships and API tokens go with them, their builds stay
+    without an author. The projects they alone own are refused (InvalidRequest naming
+    them) unless `with_projects`, which deletes those too; returns their slugs."""
+    with transaction.atomic():
+        # Locked: an owner added meanwhile must not see their project deleted.
+        owned = Project.objects.select_for_update().filter(
+            membership__user=user, membership__role=Role.OWNER
+        )
+        other_owners = Membership.objects.filter(role=Role.OWNER).exclude(user=user)
+        orphans = list(owned.exclude(pk__in=other_owners.values("project")))
+        slugs = [project.slug for project in orphans]
+        if orphans and not with_projects:
+            raise InvalidRequest(
+                f"{user.get_username()} is the only owner of {', '.join(slugs)}: make "
+                "someone else an owner first (the project's members page), or pass --force "
+                "to delete these projects, with their builds, as well"
+            )
+        for project in orphans:
+            project_delete(project=project)
+        user.delete()
+    return slugs
 
 
 def member_add(*, project: Project, user: User, role: str) -> Membership:
@@ -330,11 +370,17 @@ def _own(job_id: int, attempt: int) -> Job:
     return job
 
 
-def step_start(*, job_id: int, attempt: int, name: str) -> None:
+def step_start(*, job_id: int, attempt: int, name: str, image: str = "") -> None:
+    """The step runs now; `image`: the image it runs in, which the worker may have
+    chosen (GOCI_DEFAULT_IMAGE for a step that named none)."""
     with transaction.atomic():
         _own(job_id, attempt)
         Step.objects.filter(job_id=job_id, name=name).update(
-            status=Status.RUNNING, started_at=timezone.now(), exit_code=None, error=""
+            status=Status.RUNNING,
+            started_at=timezone.now(),
+            exit_code=None,
+            error="",
+            image=image,
         )
 
 

@@ -1,8 +1,8 @@
 """Turn a step's byte stream into numbered log lines, with bounded memory.
 
 Every executor feeds raw bytes (chunks are not lines) into a StepLog; the same rules
-apply to all of them: invalid UTF-8 becomes U+FFFD, lines over 64 KiB are split, and
-after the per-step cap one marker line says the rest was dropped.
+apply to all of them: invalid UTF-8 and NUL bytes become U+FFFD, lines over 64 KiB are
+split, and after the per-step cap one marker line says the rest was dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ from collections.abc import Callable
 
 MAX_LINE_BYTES = 64 * 1024
 DEFAULT_LOG_CAP = 100 * 1024 * 1024
+
+
+def _decode(data: bytes | bytearray) -> str:
+    """UTF-8 with U+FFFD for what is not text. NUL is valid UTF-8 but PostgreSQL text
+    cannot hold it (a NUL once lost a whole log there), so it is replaced too."""
+    return data.decode("utf-8", "replace").replace("\0", "\ufffd")
 
 
 def _cut_at_char_boundary(data: bytes | bytearray, limit: int) -> int:
@@ -27,9 +33,9 @@ def _split_long(line: str, limit: int) -> list[str]:
     pieces = []
     while len(data) > limit:
         cut = _cut_at_char_boundary(data, limit)
-        pieces.append(data[:cut].decode("utf-8", "replace"))
+        pieces.append(_decode(data[:cut]))
         data = data[cut:]
-    pieces.append(data.decode("utf-8", "replace"))
+    pieces.append(_decode(data))
     return pieces
 
 
@@ -50,7 +56,7 @@ class LineSplitter:
             del tail[: end + 1]
             # A newline byte never occurs inside a UTF-8 sequence, so decoding whole
             # lines at once cannot split a character.
-            text = complete.decode("utf-8", "replace")
+            text = _decode(complete)
             if "\r" in text:  # CRLF endings; a lone CR (progress bars) stays
                 text = text.replace("\r\n", "\n").removesuffix("\r")
             lines = text.split("\n")
@@ -58,7 +64,7 @@ class LineSplitter:
                 lines = [piece for line in lines for piece in self._fit(line)]
         while len(tail) > self.max_line:
             cut = _cut_at_char_boundary(tail, self.max_line)
-            lines.append(bytes(tail[:cut]).decode("utf-8", "replace"))
+            lines.append(_decode(tail[:cut]))
             del tail[:cut]
         return lines
 
@@ -74,7 +80,7 @@ class LineSplitter:
         """The unterminated last line, if any (the stream ended)."""
         if not self._tail:
             return []
-        text = bytes(self._tail).decode("utf-8", "replace")
+        text = _decode(self._tail)
         self._tail.clear()
         return [text.removesuffix("\r")]
 

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from django.db import IntegrityError, InterfaceError, OperationalError, connection
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+)
 
-from builds import services
-from builds.live import Publisher
+from builds import models, services
+from builds.live import STEP_VALUES, Publisher, step_message
 from builds.models import Job
 from builds.pipeline import Step
 from runners.engine import BuildResult, StepResult
@@ -32,6 +40,7 @@ MASK = "********"
 RETRY_FOR = 120.0
 
 T = TypeVar("T")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def with_retry(call: Callable[[], T], *, what: str) -> T:
@@ -48,6 +57,11 @@ def with_retry(call: Callable[[], T], *, what: str) -> T:
             connection.close()  # a broken connection is not reused
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def storable(line: str) -> str:
+    """The line with NUL and lone surrogates as U+FFFD, which every database stores."""
+    return _UNSTORABLE.sub("\ufffd", line)
 
 
 class Masker:
@@ -120,7 +134,7 @@ class LogSink:
     def _store(self, step: str, first: int, lines: list[str]) -> None:
         step_id = self.step_ids[step]
 
-        def append() -> None:
+        def append(lines: list[str]) -> None:
             # IntegrityError: stored by a try whose commit reply was lost; it is there once.
             with contextlib.suppress(IntegrityError):
                 services.log_append(
@@ -131,7 +145,15 @@ class LogSink:
                     lines=lines,
                 )
 
-        with_retry(append, what="storing log lines")
+        try:
+            with_retry(lambda: append(lines), what="storing log lines")
+        except (DataError, ValueError) as exc:
+            # Text the database refuses (NUL on PostgreSQL, a lone surrogate anywhere):
+            # lines.py never makes it, but a batch must not end the worker's thread and
+            # leave the job to be run again. Store it as lines.py would have.
+            log.warning("log lines of step %s refused (%s); storing them cleaned", step, exc)
+            lines = [storable(line) for line in lines]
+            with_retry(lambda: append(lines), what="storing log lines")
         if self.publisher is not None:
             self.publisher.publish(
                 self.build_id,
@@ -177,26 +199,33 @@ class BuildReporter:
             self.lost = True
             self.on_lost()
 
-    def _status(self, step: str, status: str, exit_code: int | None = None) -> None:
-        if self.publisher is not None:
-            self.publisher.publish(
-                self.build_id,
-                {
-                    "type": "step.status",
-                    "build": self.build_id,
-                    "step": step,
-                    "status": status,
-                    "exit_code": exit_code,
-                },
+    def _publish_step(self, name: str) -> None:
+        """Publish the step as just stored (times, exit code, skip reason), the same
+        message the consumer's catch-up reads, so a live page matches a reloaded one."""
+        if self.publisher is None or self.lost:
+            return
+        try:
+            row = (
+                models.Step.objects.filter(job_id=self.job_id, name=name)
+                .values(*STEP_VALUES)
+                .first()
             )
+        except DatabaseError:  # a preview is not worth holding the build up: pages poll
+            log.warning("step %s of build %s not published", name, self.build_id, exc_info=True)
+            return
+        if row is not None:
+            message = {**step_message(row), "type": "step.status", "build": self.build_id}
+            self.publisher.publish(self.build_id, message)
 
     def step_started(self, step: Step, attempt: int) -> None:
         self.started.add(step.name)
         self._guard(
-            lambda: services.step_start(job_id=self.job_id, attempt=self.attempt, name=step.name),
+            lambda: services.step_start(
+                job_id=self.job_id, attempt=self.attempt, name=step.name, image=step.image or ""
+            ),
             "starting a step",
         )
-        self._status(step.name, "running")
+        self._publish_step(step.name)
 
     def step_log(self, step: Step, first_line: int, lines: Sequence[str], at: float) -> None:
         if not self.lost:
@@ -220,7 +249,7 @@ class BuildReporter:
             ),
             "finishing a step",
         )
-        self._status(step.name, str(result.status), result.exit_code)
+        self._publish_step(step.name)
 
     def build_finished(self, result: BuildResult) -> None:
         self._guard(self.sink.flush, "storing log lines")

@@ -7,6 +7,7 @@ web process. Any number may run against one PostgreSQL, on any number of machine
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,9 +23,10 @@ from django.db import close_old_connections, connection
 from builds import services
 from builds.live import Publisher
 from builds.models import Build, Job, Status, Step
-from builds.pipeline import PipelineError, load
-from runners.engine import Engine, Executor
-from runners.executors import ByImage
+from builds.pipeline import Pipeline, PipelineError, load
+from runners.engine import Engine, Executor, StepResult
+from runners.engine import Status as Outcome
+from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
 from runners.owner import owner_alive, owner_label
 from runners.queue import job_claim, job_heartbeat, job_release, jobs_reap
@@ -33,9 +35,13 @@ from runners.reporting import BuildReporter, with_retry
 log = logging.getLogger(__name__)
 
 OWNER_FILE = ".goci-owner"
+HOME_SUFFIX = ".home"
 # Cancel must reach a running step within 2 s: the heartbeat looks this often.
 CHECK_EVERY = 0.5
 EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
+# PATH of host steps on a server (Docker's default): the worker's own may name its
+# virtualenv or other private tools.
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -159,12 +165,20 @@ class Worker:
         except PipelineError as exc:  # validated at submit; only a format change gets here
             self._finish(job, Status.ERROR, f"the pipeline is no longer valid: {exc}")
             return
+        hostless = [step.name for step in pipeline.steps if step.image is None]
+        if hostless and settings.GOCI_HOST_STEPS != "allow":
+            if not settings.GOCI_DEFAULT_IMAGE:
+                self._refuse(job, steps, pipeline, hostless)
+                return
+            pipeline = with_default_image(pipeline, settings.GOCI_DEFAULT_IMAGE)
         workspace = make_workspace(job)
         try:
             executor = self._executor(pipeline.steps, workspace)
         except Exception as exc:  # noqa: BLE001  (the build shows why it could not run)
-            shutil.rmtree(workspace, ignore_errors=True)
-            self._finish(job, Status.ERROR, str(exc))
+            remove_workspace(workspace)
+            # Docker unreachable, a bad GOCI_STEP_* setting: every step shows why.
+            unstarted = BuildReporter(job, steps, self.publisher, on_lost=lambda: None)
+            self._abandon(job, unstarted, pipeline, str(exc))
             return
         # `engine` is created below; the reporter calls this only while it runs.
         reporter = BuildReporter(job, steps, self.publisher, on_lost=lambda: engine.cancel())  # noqa: PLW0108
@@ -189,10 +203,17 @@ class Worker:
         beat.start()
         try:
             result = engine.run()
+        except Exception as exc:
+            # A reporter that cannot store (a database error other than an outage): end
+            # the job with the reason now. Left to the reaper, it would run again and
+            # end as "runner lost" with nothing to say why.
+            log.exception("job %s failed in the worker", job.pk)
+            self._abandon(job, reporter, pipeline, f"Goci failed while running it: {exc}")
+            return
         finally:
             beating.set()
             beat.join()
-            shutil.rmtree(workspace, ignore_errors=True)
+            remove_workspace(workspace)
         if reporter.lost:
             log.warning("job %s attempt %s was taken from us", job.pk, job.attempt)
         elif running.release:
@@ -214,13 +235,49 @@ class Worker:
                     job.build_id, {"type": "build.status", "build": job.build_id, "status": build}
                 )
 
+    def _refuse(
+        self, job: Job, step_ids: dict[str, int], pipeline: Pipeline, hostless: list[str]
+    ) -> None:
+        """End the job before any step runs (GOCI_HOST_STEPS=deny, no default image),
+        every step with it: the page and the API show why, and nothing stays queued."""
+        reporter = BuildReporter(job, step_ids, self.publisher, on_lost=lambda: None)
+        names = ", ".join(hostless)
+        for step in pipeline.steps:
+            if step.name in hostless:
+                result = StepResult(step.name, Outcome.ERROR, error=NO_HOST_STEPS)
+            else:
+                result = StepResult(
+                    step.name, Outcome.SKIPPED, error=f"not run: steps without image: {names}"
+                )
+            reporter.step_finished(step, result)
+        if not reporter.lost:
+            self._finish(job, Status.ERROR, f"{NO_HOST_STEPS} (steps without image: {names})")
+
+    def _abandon(self, job: Job, reporter: BuildReporter, pipeline: Pipeline, error: str) -> None:
+        """End a job that could not run or whose engine failed, and its unfinished
+        steps, with the reason."""
+        unfinished = set(
+            Step.objects.filter(job=job, status__in=[Status.QUEUED, Status.RUNNING]).values_list(
+                "name", flat=True
+            )
+        )
+        for step in pipeline.steps:
+            if step.name in unfinished:
+                with contextlib.suppress(Exception):  # the same failure may strike again
+                    reporter.step_finished(step, StepResult(step.name, Outcome.ERROR, error=error))
+        if not reporter.lost:
+            self._finish(job, Status.ERROR, error)
+
     def _executor(self, steps: object, workspace: Path) -> Executor:
         containers = None
         if any(step.image for step in steps):  # type: ignore[attr-defined]
             from runners.executors.docker import from_environment  # noqa: PLC0415
 
             containers = from_environment(workspace)
-        return ByImage(LocalExecutor(workspace), containers)
+        local = None
+        if settings.GOCI_HOST_STEPS == "allow":
+            local = LocalExecutor(workspace, env=host_env(home_of(workspace)), supervise=True)
+        return ByImage(local, containers)
 
     def _heartbeat(self, running: _Running, reporter: BuildReporter, stop: threading.Event) -> None:
         """Renew the lease (every third of it) and look for a cancel (every 0.5 s)."""
@@ -262,6 +319,28 @@ def server_env(build: Build) -> dict[str, str]:
     }
 
 
+def host_env(home: Path) -> dict[str, str]:
+    """All a host step's environment starts from on a server (the pipeline's env and
+    Goci's variables come on top). Nothing of the worker's own: DATABASE_URL,
+    SECRET_KEY and the like would give every build the server's keys."""
+    return {
+        "PATH": HOST_PATH,
+        "HOME": str(home),
+        # The machine's language and time zone, not secrets: kept so output and
+        # timestamps read as on the machine itself.
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+        "TZ": os.environ.get("TZ") or "UTC",
+    }
+
+
+def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:
+    """The pipeline with `image` for every step that has none (GOCI_DEFAULT_IMAGE)."""
+    steps = tuple(
+        step if step.image else dataclasses.replace(step, image=image) for step in pipeline.steps
+    )
+    return dataclasses.replace(pipeline, steps=steps)
+
+
 def _branch(ref: str) -> str | None:
     if ref.startswith("refs/tags/"):
         return None
@@ -273,10 +352,23 @@ def make_workspace(job: Job) -> Path:
     next worker on this machine removes it if this one dies."""
     root = Path(settings.GOCI_WORKSPACE_ROOT)
     path = root / f"job{job.pk}-a{job.attempt}"
-    shutil.rmtree(path, ignore_errors=True)
+    remove_workspace(path)
     path.mkdir(parents=True)
     (path / OWNER_FILE).write_text(owner_label())
+    home_of(path).mkdir()
     return path
+
+
+def home_of(workspace: Path) -> Path:
+    """HOME of the job's host steps: fresh per job, beside the workspace rather than in
+    it, so that it is never mistaken for the checked-out files."""
+    return workspace.with_name(workspace.name + HOME_SUFFIX)
+
+
+def remove_workspace(workspace: Path) -> None:
+    # HOME first: clean_leftovers() keeps a HOME while its workspace is there.
+    shutil.rmtree(home_of(workspace), ignore_errors=True)
+    shutil.rmtree(workspace, ignore_errors=True)
 
 
 def clean_leftovers() -> None:
@@ -287,7 +379,10 @@ def clean_leftovers() -> None:
             marker = path / OWNER_FILE
             with contextlib.suppress(OSError):
                 if marker.is_file() and not owner_alive(marker.read_text().strip()):
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_workspace(path)
+        for path in root.glob(f"*{HOME_SUFFIX}"):  # a worker died between the two removals
+            if not path.with_name(path.name.removesuffix(HOME_SUFFIX)).exists():
+                shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(Exception):
         from runners.executors.docker import DockerUnavailable, connect, prune  # noqa: PLC0415
 

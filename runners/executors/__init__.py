@@ -5,22 +5,31 @@ from __future__ import annotations
 from builds.pipeline import Pipeline
 from runners.engine import Executor, StepOutcome, StepRun
 
+# What a server that refuses host steps (GOCI_HOST_STEPS=deny) tells the user.
+NO_HOST_STEPS = (
+    "steps without image are disabled on this server: add image: to the step, "
+    "or ask the operator to set GOCI_DEFAULT_IMAGE"
+)
+
 
 class ByImage:
     """Steps with an image run in containers, the others in the host shell
-    (PIPELINE.md: no image -> the host shell)."""
+    (PIPELINE.md: no image -> the host shell), unless there is none (local=None)."""
 
-    def __init__(self, local: Executor, containers: Executor | None) -> None:
+    def __init__(self, local: Executor | None, containers: Executor | None) -> None:
         self.local = local
         self.containers = containers
 
     def prepare(self, pipeline: Pipeline) -> None:
-        self.local.prepare(pipeline)
+        if self.local is not None:
+            self.local.prepare(pipeline)
         if self.containers is not None:
             self.containers.prepare(pipeline)
 
     def run_step(self, run: StepRun) -> StepOutcome:
         if run.step.image is None:
+            if self.local is None:
+                return StepOutcome(error=NO_HOST_STEPS)
             return self.local.run_step(run)
         if self.containers is None:
             return StepOutcome(error="this step needs a container executor, and none is set up")
@@ -31,4 +40,5 @@ class ByImage:
             if self.containers is not None:
                 self.containers.cleanup()
         finally:
-            self.local.cleanup()
+            if self.local is not None:
+                self.local.cleanup()

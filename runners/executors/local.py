@@ -3,6 +3,21 @@
 Each step is `<shell> -e -c <run>` in a new session (its own process group), so a
 timeout or a cancel reaches every process the step started, and nothing the step
 left running in the background outlives it.
+
+A process group does not hold a process that leaves it (`setsid -f`, a daemon's
+double fork). Server workers therefore start each step under a supervisor
+(`supervise=True`): a bare Python process that makes itself the step's child
+subreaper (prctl PR_SET_CHILD_SUBREAPER), so every orphan of the step is re-parented
+to it instead of to init, whatever session or group it moved to. When the step's
+shell exits, or on a cancel or timeout, it signals every process below it, found in
+/proc, and reaps them all before it exits itself. Why this design: it needs no root,
+no user namespaces (often disabled on servers and inside containers), no cgroup
+delegation; a subreaper per step keeps one step's processes apart from another's and
+from the worker's own children (a subreaper in the worker could reap a zombie
+another thread's Popen is about to wait for, and a zombie's /proc entry no longer
+says which step it came from). The cost is one short-lived interpreter per step,
+30-50 ms, which is why `goci run` on a laptop, where the user runs their own code,
+keeps the process group alone. docs/security.md has the rest.
 """
 
 from __future__ import annotations
@@ -13,8 +28,10 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from builds.pipeline import Pipeline
@@ -26,12 +43,27 @@ KILL_GRACE = 1.0
 # After the step's shell exits, how long to keep reading output of processes that
 # escaped its process group (setsid) before giving up on them.
 DRAIN_AFTER_EXIT = 1.0
+# A supervisor stops its step within its grace; if it has not exited this much later
+# (it was stopped or killed itself), the step's group gets KILL from here.
+SUPERVISOR_SLACK = 5.0
 
 
 class LocalExecutor:
-    def __init__(self, workspace: Path, *, kill_grace: float = KILL_GRACE) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        *,
+        kill_grace: float = KILL_GRACE,
+        env: Mapping[str, str] | None = None,
+        supervise: bool = False,
+    ) -> None:
+        """`env`: what every step's environment starts from (then the step's own and
+        Goci's variables); None inherits this process's environment (`goci run`).
+        `supervise`: also stop processes that left the step's process group."""
         self.workspace = workspace.resolve()
         self.kill_grace = kill_grace
+        self.base_env = None if env is None else dict(env)
+        self.supervise = supervise
         self._groups: set[int] = set()
         self._lock = threading.Lock()
 
@@ -43,7 +75,11 @@ class LocalExecutor:
         with self._lock:
             groups, self._groups = self._groups, set()
         for pgid in groups:
-            _signal_group(pgid, signal.SIGKILL)
+            if self.supervise:  # its supervisor stops all of it, escaped processes too
+                with contextlib.suppress(ProcessLookupError):  # unreaped: pid not reused
+                    os.kill(pgid, signal.SIGTERM)
+            else:
+                _signal_group(pgid, signal.SIGKILL)
 
     def run_step(self, run: StepRun) -> StepOutcome:
         step = run.step
@@ -53,10 +89,16 @@ class LocalExecutor:
         shell = shutil.which(step.shell)
         if shell is None:
             return StepOutcome(error=f"shell '{step.shell}' was not found on this machine")
-        env = {**os.environ, **run.env, "GOCI_WORKSPACE": str(self.workspace)}
+        base = os.environ if self.base_env is None else self.base_env
+        env = {**base, **run.env, "GOCI_WORKSPACE": str(self.workspace)}
+        argv = [shell, "-e", "-c", step.run]
+        if self.supervise:
+            keep_lc_ctype = "1" if "LC_CTYPE" in env else "0"
+            grace = str(self.kill_grace)
+            argv = [*SUPERVISOR, grace, str(os.getpid()), keep_lc_ctype, *argv]
         try:
             proc = subprocess.Popen(
-                [shell, "-e", "-c", step.run],
+                argv,
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -123,8 +165,12 @@ class LocalExecutor:
                         canceled = run.cancel.is_set()
                         timed_out = not canceled and deadline is not None and now >= deadline
                         if canceled or timed_out:
-                            _signal_group(proc.pid, signal.SIGTERM)
-                            kill_at = now + self.kill_grace
+                            if self.supervise:  # it stops the step, escaped processes too
+                                signal.pidfd_send_signal(exit_fd, signal.SIGTERM)
+                                kill_at = now + self.kill_grace + SUPERVISOR_SLACK
+                            else:
+                                _signal_group(proc.pid, signal.SIGTERM)
+                                kill_at = now + self.kill_grace
                     elif kill_at is not None and now >= kill_at:
                         _signal_group(proc.pid, signal.SIGKILL)
             finally:
@@ -137,3 +183,8 @@ class LocalExecutor:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
         os.killpg(pgid, sig)
+
+
+# The supervisor's command (runners/supervise.py), run with -I (no PYTHON* variables,
+# which belong to the step) and -S (no site packages: a fast start).
+SUPERVISOR = (sys.executable, "-I", "-S", str(Path(__file__).resolve().parents[1] / "supervise.py"))
