@@ -131,6 +131,4 @@ def role_on(user: User | AnonymousUser, project: Project) -> str | None:
 def require_member_change(project: Project, *roles: str | None) -> None:
     """Maintainers manage members; only owners make, change or remove an owner.
     `roles`: the member's role now (if any) and the role asked for (if any)."""
-    require(project, MANAGE)
-    if Role.OWNER in roles:
-        require(project, OWN)
+    require(project, OWN if Role.OWNER in roles else MANAGE)

@@ -2,9 +2,13 @@
 and browsable docs at /api/docs (served from ninja's own static files, no CDN).
 
 Every call needs a personal API token (`Authorization: Bearer <token>`). Handlers are
-thin: parse (ninja), look the object up through builds.access (None is a 404 with the
-same body whether the object is missing or foreign), make one service call, answer.
-Every error is JSON with a `detail`; a 422 also lists `errors`.
+thin: parse (ninja), look the object up through builds.access with the role the call
+needs (None is a 404 with the same body whether the object is missing or foreign;
+access.Denied is a 403 naming the role), make one service call, answer. Every error is
+JSON with a `detail`; a 422 also lists `errors` (docs/api.md).
+
+Every route is in `api.get_openapi_schema()["paths"]` (and `api.urls`), each
+operation's description naming the role it needs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Annotated, Any
 
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.db.models import QuerySet, prefetch_related_objects
 from django.http import (
     HttpRequest,
@@ -28,20 +33,25 @@ from django.http import (
 )
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, URLResolver
-from ninja import Field, HeaderEx, NinjaAPI, P, Query, QueryEx, Schema
+from django.utils.log import log_response
+from ninja import Field, HeaderEx, NinjaAPI, P, PathEx, Query, QueryEx, Schema
 from ninja import Status as Reply
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
-from pydantic import field_validator
+from pydantic import BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
 from builds import access, services
 from builds.logs import log_pieces, stream_text
-from builds.models import Build, Project, Status, Step
+from builds.models import Build, Membership, Project, Role, Status, Step
 from builds.pipeline import MAX_BYTES, PipelineError
 
 PAGE_SIZE = 50
+# Numbers that become an OFFSET or a bound in SQL: beyond SQLite's (and PostgreSQL's
+# bigint) range the query itself fails. (Django answers out-of-range ids as "none".)
+MAX_PAGE = 1_000_000
+MAX_LINE = 2**31 - 1  # line numbers are PositiveIntegerField
 # A pipeline may be 1 MiB; the JSON around it and its escapes (\n, \", \\) add a few
 # percent to ordinary YAML. A bigger body is refused before it is parsed.
 MAX_BODY = MAX_BYTES + MAX_BYTES // 4
@@ -55,7 +65,11 @@ class JsonObjectParser(Parser):
     """Bodies are JSON objects; anything else is refused with what it was."""
 
     def parse_body(self, request: HttpRequest) -> dict[str, Any]:
-        data = json.loads(request.body)
+        try:
+            data = json.loads(request.body)
+        except RecursionError:
+            # json nests by recursion; no body Goci takes is more than a few levels deep.
+            raise ValueError("arrays or objects are nested too deeply") from None
         if not isinstance(data, dict):
             kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
             raise NotAnObject(
@@ -99,6 +113,32 @@ def _not_found(what: str) -> HttpError:
 # Schemas
 
 
+def _storable(value: object) -> object:
+    """Text that every database can store: JSON may carry a lone surrogate ("\\udc80"),
+    which is no UTF-8, and a NUL, which PostgreSQL's text refuses. (Before the type
+    check, whose own words for a surrogate would not say what to do.)"""
+    if not isinstance(value, str):
+        return value  # the type check that follows says what it should be
+    if "\x00" in value:
+        raise PydanticCustomError(
+            "nul", "contains a NUL character (\\u0000), which cannot be stored; remove it"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "surrogate", "contains a lone surrogate (invalid Unicode); send UTF-8 text"
+        ) from None
+    return value
+
+
+# Every text the API takes (body, query, path, header) is checked by Storable. In an
+# optional field the length limit goes inside: `Annotated[str, Field(max_length=...),
+# Storable] | None` (outside, pydantic counts "items").
+Storable = BeforeValidator(_storable)
+Text = Annotated[str, Storable]
+
+
 class ErrorOut(Schema):
     detail: str
 
@@ -112,27 +152,16 @@ class InvalidOut(Schema):
 
 
 class ProjectIn(Schema):
-    slug: str = Field(description="Letters, digits, `-` and `_`; at most 100.")
-    name: str = Field("", max_length=200, description="Defaults to the slug.")
-    repo_url: str = Field("", max_length=500)
-    default_branch: str = Field("main", min_length=1, max_length=200)
+    slug: Text = Field(description="Letters, digits, `-` and `_`; at most 100.")
+    name: Text = Field("", max_length=200, description="Defaults to the slug.")
+    repo_url: Text = Field("", max_length=500)
+    default_branch: Text = Field("main", min_length=1, max_length=200)
 
     @field_validator("slug")
     @classmethod
     def _check_slug(cls, value: str) -> str:
-        if (
-            not value
-            or len(value) > 100
-            or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
-        ):
-            raise PydanticCustomError(
-                "slug", "a slug is 1 to 100 letters, digits, '-' or '_' (no spaces)"
-            )
-        if value.isdigit():
-            # Projects are named by slug or id in the API: "42" must mean one thing.
-            raise PydanticCustomError(
-                "slug", "a slug needs a letter, '-' or '_' so that it cannot be taken for an id"
-            )
+        if problem := services.slug_problem(value):
+            raise PydanticCustomError("slug", problem)
         return value
 
 
@@ -144,19 +173,66 @@ class ProjectOut(Schema):
     default_branch: str
     pipeline_path: str
     created_at: datetime
+    role: Role = Field(description="Your role on the project.")
+
+
+class ProjectPatch(Schema):
+    """The settings to change; those left out stay as they are."""
+
+    # A misspelt or read-only field (slug) must not be dropped in silence.
+    model_config = ConfigDict(extra="forbid")
+
+    # The defaults are never used: only the fields sent (exclude_unset) are changed.
+    name: Text = Field("", max_length=200, description="Empty: the slug.")
+    repo_url: Text = Field("", max_length=500)
+    default_branch: Text = Field("", min_length=1, max_length=200)
+    pipeline_path: Text = Field("", min_length=1, max_length=200)
+
+
+class MemberIn(Schema):
+    username: Text = Field(max_length=150)
+    role: Role = Role.DEVELOPER
+
+
+class MemberRoleIn(Schema):
+    role: Role = Field(description="`owner` makes the member an owner: a transfer.")
+
+
+class MemberOut(Schema):
+    username: str
+    role: Role
+
+    @staticmethod
+    def resolve_username(membership: Membership) -> str:
+        return membership.user.get_username()
 
 
 class BuildIn(Schema):
     project: int | Annotated[str, Field(max_length=100)] = Field(
         description="The project's slug or id."
     )
-    pipeline: str = Field(description="The pipeline file's YAML text (at most 1 MiB).")
-    ref: str = Field("", max_length=255, description="e.g. refs/heads/main")
-    commit: str = Field("", max_length=64)
-    message: str = ""
-    env: dict[str, str] = Field(
+    pipeline: Text = Field(description="The pipeline file's YAML text (at most 1 MiB).")
+    ref: Text = Field("", max_length=255, description="e.g. refs/heads/main")
+    commit: Text = Field("", max_length=64)
+    message: Text = ""
+    env: dict[Text, Text] = Field(
         default_factory=dict, description="Variables for every step (over the pipeline's)."
     )
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _check_project(cls, value: object) -> object:
+        # All checked here, so that the union never fails: its errors would name each of
+        # its branches. JSON true is a Python int, and 1e400 a float: neither names one.
+        if isinstance(value, str):
+            if len(value) > 100:
+                raise PydanticCustomError("project", "a slug is at most 100 characters")
+            return _storable(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PydanticCustomError(
+                "project", "give the project's slug (a string) or id (a whole number)"
+            )
+        return value
 
 
 class StepOut(Schema):
@@ -227,60 +303,156 @@ class BuildPageOut(Schema):
 
 
 class BuildFilter(Schema):
-    project: str | None = Field(None, max_length=100, description="A project's slug or id.")
+    project: Annotated[str, Field(max_length=100), Storable] | None = Field(
+        None, description="A project's slug or id."
+    )
     status: Status | None = None
-    ref: str | None = None
-    page: int = Field(1, ge=1)
+    ref: Text | None = None
+    page: int = Field(1, ge=1, le=MAX_PAGE)
 
 
 # ---------------------------------------------------------------------------
-# Endpoints
+# Endpoints. Each names the role it needs (builds/access.py): a member with less gets a
+# 403 that says which; anyone else a 404, as for a project or build that does not exist.
 
 NOT_FOUND = {404: ErrorOut}
+DENIED = {403: ErrorOut, 404: ErrorOut}
 INVALID = {422: InvalidOut}
 IDEMPOTENCY_KEY = P(
     alias="Idempotency-Key",
-    max_length=200,
     description="Retries with the same key (per project) return the first build (200).",
 )
+SLUG = P(max_length=100, description="The project's slug or id.")
+USERNAME = P(max_length=150)
 
 
 @api.post("/projects", response={201: ProjectOut, 409: ErrorOut, **INVALID}, tags=["projects"])
 def create_project(request: HttpRequest, payload: ProjectIn) -> Reply[Project]:
-    """Create a project; you become its owner."""
-    try:
-        project = services.project_create(user=_user(request), **payload.model_dump())
-    except services.Conflict as exc:
-        raise HttpError(409, str(exc)) from None
-    return Reply(201, project)
+    """Create a project; you become its owner. Any user may."""
+    project = services.project_create(user=_user(request), **payload.model_dump())
+    return Reply(201, _find_project(request, project.slug, access.READ))
 
 
 @api.get("/projects", response=list[ProjectOut], tags=["projects"])
 def list_projects(request: HttpRequest) -> QuerySet[Project]:
-    """The projects you are a member of."""
+    """The projects you are a member of, with your role on each."""
     return access.projects_for_user(_user(request))
+
+
+@api.get("/projects/{slug}", response={200: ProjectOut, **NOT_FOUND}, tags=["projects"])
+def get_project(request: HttpRequest, slug: PathEx[Text, SLUG]) -> Project:
+    """A project, with your role on it. Role: viewer."""
+    return _find_project(request, slug, access.READ)
+
+
+@api.patch("/projects/{slug}", response={200: ProjectOut, **DENIED, **INVALID}, tags=["projects"])
+def update_project(
+    request: HttpRequest, slug: PathEx[Text, SLUG], payload: ProjectPatch
+) -> Project:
+    """Change the project's settings; those left out stay as they are. Role: maintainer."""
+    project = _find_project(request, slug, access.MANAGE)
+    return services.project_update(project=project, **payload.model_dump(exclude_unset=True))
+
+
+@api.delete("/projects/{slug}", response={204: None, **DENIED}, tags=["projects"])
+def delete_project(request: HttpRequest, slug: PathEx[Text, SLUG]) -> Reply[None]:
+    """Delete the project with its builds and logs. Role: owner."""
+    services.project_delete(project=_find_project(request, slug, access.OWN))
+    return Reply(204, None)
+
+
+@api.get("/projects/{slug}/members", response={200: list[MemberOut], **NOT_FOUND}, tags=["members"])
+def list_members(request: HttpRequest, slug: PathEx[Text, SLUG]) -> QuerySet[Membership]:
+    """The project's members and their roles, by username. Role: viewer."""
+    project = _find_project(request, slug, access.READ)
+    return (
+        Membership.objects.filter(project=project).select_related("user").order_by("user__username")
+    )
+
+
+@api.post(
+    "/projects/{slug}/members",
+    response={201: MemberOut, 409: ErrorOut, **DENIED, **INVALID},
+    tags=["members"],
+)
+def add_member(
+    request: HttpRequest, slug: PathEx[Text, SLUG], payload: MemberIn
+) -> Reply[Membership]:
+    """Add a user with a role (developer unless given). Role: maintainer; owner to add
+    an owner. An unknown username is a 422 (it is a field of the body)."""
+    project = _find_project(request, slug, access.MANAGE)
+    access.require_member_change(project, None, payload.role)
+    user = User.objects.filter(username=payload.username).first()
+    if user is None:
+        raise ValidationError(
+            [
+                {
+                    "loc": ("body", "payload", "username"),
+                    "msg": f"there is no user {payload.username!r}: check the spelling, "
+                    "or create the user first (goci user add)",
+                    "type": "unknown_user",
+                }
+            ]
+        )
+    return Reply(201, services.member_add(project=project, user=user, role=payload.role))
+
+
+@api.patch(
+    "/projects/{slug}/members/{username}",
+    response={200: MemberOut, **DENIED, **INVALID},
+    tags=["members"],
+)
+def change_member(
+    request: HttpRequest,
+    slug: PathEx[Text, SLUG],
+    username: PathEx[Text, USERNAME],
+    payload: MemberRoleIn,
+) -> Membership:
+    """Give a member another role. Role: maintainer; owner to make or change an owner.
+    Making a member an owner transfers the project (other owners stay owners; an owner
+    steps down by changing their own role). A project keeps at least one owner (422)."""
+    project = _find_project(request, slug, access.MANAGE)
+    membership = _find_member(project, username)
+    access.require_member_change(project, membership.role, payload.role)
+    return services.member_change(membership=membership, role=payload.role)
+
+
+@api.delete(
+    "/projects/{slug}/members/{username}",
+    response={204: None, **DENIED, **INVALID},
+    tags=["members"],
+)
+def remove_member(
+    request: HttpRequest, slug: PathEx[Text, SLUG], username: PathEx[Text, USERNAME]
+) -> Reply[None]:
+    """Remove a member. Role: maintainer; owner to remove an owner. The last owner
+    cannot be removed (422)."""
+    project = _find_project(request, slug, access.MANAGE)
+    membership = _find_member(project, username)
+    access.require_member_change(project, membership.role)
+    services.member_remove(membership=membership)
+    return Reply(204, None)
 
 
 @api.post(
     "/builds",
-    response={201: BuildDetailOut, 200: BuildDetailOut, **NOT_FOUND, 413: ErrorOut, **INVALID},
+    response={201: BuildDetailOut, 200: BuildDetailOut, **DENIED, 413: ErrorOut, **INVALID},
     tags=["builds"],
 )
 def create_build(
     request: HttpRequest,
     payload: BuildIn,
-    idempotency_key: HeaderEx[str | None, IDEMPOTENCY_KEY] = None,
+    idempotency_key: HeaderEx[
+        Annotated[str, Field(max_length=200), Storable] | None, IDEMPOTENCY_KEY
+    ] = None,
 ) -> Reply[Build]:
     """Queue a build of a pipeline (201). An invalid pipeline is a 422 listing every
-    problem with its line and column; nothing is queued."""
-    user = _user(request)
-    project = access.find_project_for_user(user, payload.project)
-    if project is None:
-        raise _not_found(f"project {payload.project!r}")
+    problem with its line and column; nothing is queued. Role: developer."""
+    project = _find_project(request, payload.project, access.RUN)
     build, created = services.build_create(
         project=project,
         pipeline=payload.pipeline,
-        author=user,
+        author=_user(request),
         ref=payload.ref,
         commit=payload.commit,
         message=payload.message,
@@ -293,14 +465,11 @@ def create_build(
 
 @api.get("/builds", response={200: BuildPageOut, **NOT_FOUND, **INVALID}, tags=["builds"])
 def list_builds(request: HttpRequest, filters: Query[BuildFilter]) -> dict[str, Any]:
-    """Your builds, newest first, 50 a page; filter by project, status and ref."""
-    user = _user(request)
-    builds = access.builds_for_user(user)
+    """Your builds, newest first, 50 a page; filter by project, status and ref.
+    Role: viewer (of each project listed)."""
+    builds = access.builds_for_user(_user(request))
     if filters.project is not None:
-        project = access.find_project_for_user(user, filters.project)
-        if project is None:
-            raise _not_found(f"project {filters.project!r}")
-        builds = builds.filter(project=project)
+        builds = builds.filter(project=_find_project(request, filters.project, access.READ))
     if filters.status is not None:
         builds = builds.filter(status=filters.status)
     if filters.ref is not None:
@@ -310,28 +479,30 @@ def list_builds(request: HttpRequest, filters: Query[BuildFilter]) -> dict[str, 
 
 @api.get("/builds/{int:build_id}", response={200: BuildDetailOut, **NOT_FOUND}, tags=["builds"])
 def get_build(request: HttpRequest, build_id: int) -> Build:
-    """A build with its jobs and their steps."""
-    return _with_jobs(_find_build(request, build_id))
+    """A build with its jobs and their steps. Role: viewer."""
+    return _with_jobs(_find_build(request, build_id, access.READ))
 
 
 @api.post(
-    "/builds/{int:build_id}/cancel", response={200: BuildDetailOut, **NOT_FOUND}, tags=["builds"]
+    "/builds/{int:build_id}/cancel", response={200: BuildDetailOut, **DENIED}, tags=["builds"]
 )
 def cancel_build(request: HttpRequest, build_id: int) -> Build:
-    """Cancel a build: queued jobs end now, running ones are stopped. Idempotent."""
-    build = services.build_cancel(build=_find_build(request, build_id))
+    """Cancel a build: queued jobs end now, running ones are stopped. Idempotent.
+    Role: developer."""
+    build = services.build_cancel(build=_find_build(request, build_id, access.RUN))
     return _with_jobs(build)
 
 
 @api.post(
     "/builds/{int:build_id}/rerun",
-    response={201: BuildDetailOut, **NOT_FOUND, **INVALID},
+    response={201: BuildDetailOut, **DENIED, **INVALID},
     tags=["builds"],
 )
 def rerun_build(request: HttpRequest, build_id: int) -> Reply[Build]:
-    """Queue a new build of the same pipeline snapshot, ref, commit and env."""
-    build = services.build_rerun(build=_find_build(request, build_id), author=_user(request))
-    return Reply(201, _with_jobs(build))
+    """Queue a new build of the same pipeline snapshot, ref, commit and env.
+    Role: developer."""
+    build = _find_build(request, build_id, access.RUN)
+    return Reply(201, _with_jobs(services.build_rerun(build=build, author=_user(request))))
 
 
 @api.get(
@@ -351,12 +522,14 @@ def rerun_build(request: HttpRequest, build_id: int) -> Reply[Build]:
 def build_logs(
     request: HttpRequest,
     build_id: int,
-    step: QueryEx[str | None, P(description="Only this step's lines, without a header.")] = None,
-    after: QueryEx[int, P(ge=0, description="With `step`: only the lines after this one.")] = 0,
+    step: QueryEx[Text | None, P(description="Only this step's lines, without a header.")] = None,
+    after: QueryEx[
+        int, P(ge=0, le=MAX_LINE, description="With `step`: only the lines after this one.")
+    ] = 0,
     follow: QueryEx[bool, P(description="Keep sending new lines until the build ends.")] = False,
 ) -> StreamingHttpResponse:
-    """The log of the current attempt of each job, as plain text."""
-    build = _find_build(request, build_id)
+    """The log of the current attempt of each job, as plain text. Role: viewer."""
+    build = _find_build(request, build_id, access.READ)
     if after and step is None:
         raise services.InvalidRequest("after: line numbers count per step; give step= too")
     if step is not None and not Step.objects.filter(job__build=build, name=step).exists():
@@ -365,11 +538,30 @@ def build_logs(
     return stream_text(request, pieces)
 
 
-def _find_build(request: HttpRequest, build_id: int) -> Build:
-    build = access.find_build_for_user(_user(request), build_id)
+def _find_project(request: HttpRequest, slug_or_id: str | int, needed: Role) -> Project:
+    project = access.find_project_for_user(_user(request), slug_or_id, needed=needed)
+    if project is None:
+        raise _not_found(f"project {slug_or_id!r}")
+    return project
+
+
+def _find_build(request: HttpRequest, build_id: int, needed: Role) -> Build:
+    build = access.find_build_for_user(_user(request), build_id, needed=needed)
     if build is None:
         raise _not_found(f"build {build_id}")
     return build
+
+
+def _find_member(project: Project, username: str) -> Membership:
+    """A member of a project the caller may already see (their role was checked)."""
+    membership = (
+        Membership.objects.select_related("user", "project")
+        .filter(project=project, user__username=username)
+        .first()
+    )
+    if membership is None:
+        raise _not_found(f"member {username!r} of project '{project.slug}'")
+    return membership
 
 
 def _with_jobs(build: Build) -> Build:
@@ -438,7 +630,10 @@ def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse
 
 
 def _request_problem(error: dict[str, Any]) -> dict[str, Any]:
-    location, *path = (str(part) for part in error["loc"])
+    # A bad env name is part of the path: escape what cannot be shown (a lone surrogate).
+    location, *path = (
+        str(part).encode(errors="backslashreplace").decode() for part in error["loc"]
+    )
     # ninja puts the name of the handler's parameter in the path of a body field.
     if location == "body" and path and path[0] == "payload":
         path = path[1:]
@@ -464,6 +659,43 @@ def _invalid_pipeline(request: HttpRequest, exc: PipelineError) -> HttpResponse:
 @api.exception_handler(services.InvalidRequest)
 def _invalid_value(request: HttpRequest, exc: services.InvalidRequest) -> HttpResponse:
     return _error(422, str(exc), [{"message": str(exc)}])
+
+
+@api.exception_handler(access.Denied)
+def _denied(request: HttpRequest, exc: access.Denied) -> HttpResponse:
+    return _error(403, str(exc))
+
+
+@api.exception_handler(services.Conflict)
+def _conflict(request: HttpRequest, exc: services.Conflict) -> HttpResponse:
+    return _error(409, str(exc))
+
+
+RETRY_AFTER_SECONDS = 5
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """The database cannot be reached (or, on SQLite, stayed locked): 503, retry later.
+    The driver's words may name hosts and users: they go to the log, not the client."""
+    response = _error(503, "the database is unavailable; try again in a few seconds")
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    log_response(
+        "Service Unavailable: %s: %s", request.path, exc, response=response, request=request
+    )
+    return response
+
+
+@api.exception_handler(Exception)
+def _internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """A bug: JSON like every answer, without the traceback, which goes to the log
+    exactly as Django logs an uncaught exception (and only once)."""
+    response = _error(500, "internal error: the server failed; it was logged for the operator")
+    log_response(
+        "Internal Server Error: %s", request.path, response=response, request=request, exception=exc
+    )
+    return response
 
 
 def _body_size(request: HttpRequest) -> int:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.measure import peak_rss_mb  # noqa: F401  (the tests' name for it)
 from builds.pipeline import Pipeline, Step, load
@@ -129,3 +130,21 @@ def make_project(owner: object, slug: str) -> object:
     from builds import services
 
     return services.project_create(user=owner, slug=slug)  # type: ignore[arg-type]
+
+
+def api_call(method: str, url: str, token: str, body: object = None, **extra: object) -> Any:
+    """One call of the REST API as a client makes it: a JSON body (a str or bytes body
+    is sent as it is) and the user's bearer token."""
+    import json
+
+    from django.test import Client
+
+    data = body if isinstance(body, str | bytes) else b"" if body is None else json.dumps(body)
+    return Client().generic(
+        method.upper(),
+        url,
+        data,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        **extra,
+    )

@@ -957,6 +957,9 @@ def test_the_openapi_schema_lists_every_endpoint(db: None) -> None:
     assert schema["openapi"].startswith("3.")
     assert set(schema["paths"]) == {
         "/api/projects",
+        "/api/projects/{slug}",
+        "/api/projects/{slug}/members",
+        "/api/projects/{slug}/members/{username}",
         "/api/builds",
         "/api/builds/{build_id}",
         "/api/builds/{build_id}/logs",
@@ -964,6 +967,8 @@ def test_the_openapi_schema_lists_every_endpoint(db: None) -> None:
         "/api/builds/{build_id}/rerun",
     }
     assert set(schema["paths"]["/api/builds"]) == {"get", "post"}
+    assert set(schema["paths"]["/api/projects/{slug}"]) == {"get", "patch", "delete"}
+    assert set(schema["paths"]["/api/projects/{slug}/members/{username}"]) == {"patch", "delete"}
     assert schema["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
     logs = schema["paths"]["/api/builds/{build_id}/logs"]["get"]["responses"]["200"]
     assert "text/plain" in logs["content"]

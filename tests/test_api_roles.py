@@ -1,0 +1,254 @@
+"""Every API route for every role: what each may do, what each is told, and that a
+refused call changes nothing.
+
+viewer reads builds and logs; developer also runs, cancels and reruns; maintainer also
+changes the project's settings and members; owner also deletes the project and makes,
+changes or removes owners. A member without the role gets 403 naming the role needed;
+a non-member gets the 404 of a project or build that does not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from builds import services
+from builds.models import Build, Membership, Project, Role
+from tests.helpers import api_call, make_project, make_token, make_user
+
+PIPELINE = "steps:\n  - name: Build\n    run: make\n"
+
+# The user acting in each role; tim (developer) and otto (a second owner) are the
+# members that member calls act on; newbie is a user of the server in no project.
+ACTORS = {
+    "viewer": "vera",
+    "developer": "dev",
+    "maintainer": "mae",
+    "owner": "olivia",
+    "outsider": "oscar",
+}
+MEMBERS = {
+    "vera": Role.VIEWER,
+    "dev": Role.DEVELOPER,
+    "mae": Role.MAINTAINER,
+    "tim": Role.DEVELOPER,
+    "otto": Role.OWNER,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # as in the OpenAPI schema
+    url: str  # {build} is the id of a build of project shop
+    body: object
+    # The answer of viewer, developer, maintainer, owner, outsider.
+    answers: tuple[int, int, int, int, int]
+    needs: str | None = None  # the role a 403 names
+
+
+ROUTES = [
+    Route("get", "/api/projects", "/api/projects", None, (200, 200, 200, 200, 200)),
+    Route("post", "/api/projects", "/api/projects", {"slug": "new"}, (201, 201, 201, 201, 201)),
+    Route("get", "/api/projects/{slug}", "/api/projects/shop", None, (200, 200, 200, 200, 404)),
+    Route(
+        "patch",
+        "/api/projects/{slug}",
+        "/api/projects/shop",
+        {"name": "Shop"},
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "delete",
+        "/api/projects/{slug}",
+        "/api/projects/shop",
+        None,
+        (403, 403, 403, 204, 404),
+        "owner",
+    ),
+    Route(
+        "get",
+        "/api/projects/{slug}/members",
+        "/api/projects/shop/members",
+        None,
+        (200, 200, 200, 200, 404),
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/members",
+        "/api/projects/shop/members",
+        {"username": "newbie", "role": "maintainer"},
+        (403, 403, 201, 201, 404),
+        "maintainer",
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/members",
+        "/api/projects/shop/members",
+        {"username": "newbie", "role": "owner"},
+        (403, 403, 403, 201, 404),
+        "owner",
+    ),
+    Route(
+        "patch",
+        "/api/projects/{slug}/members/{username}",
+        "/api/projects/shop/members/tim",
+        {"role": "viewer"},
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "patch",
+        "/api/projects/{slug}/members/{username}",
+        "/api/projects/shop/members/tim",
+        {"role": "owner"},
+        (403, 403, 403, 200, 404),
+        "owner",
+    ),
+    Route(
+        "patch",
+        "/api/projects/{slug}/members/{username}",
+        "/api/projects/shop/members/otto",
+        {"role": "developer"},
+        (403, 403, 403, 200, 404),
+        "owner",
+    ),
+    Route(
+        "delete",
+        "/api/projects/{slug}/members/{username}",
+        "/api/projects/shop/members/tim",
+        None,
+        (403, 403, 204, 204, 404),
+        "maintainer",
+    ),
+    Route(
+        "delete",
+        "/api/projects/{slug}/members/{username}",
+        "/api/projects/shop/members/otto",
+        None,
+        (403, 403, 403, 204, 404),
+        "owner",
+    ),
+    Route(
+        "post",
+        "/api/builds",
+        "/api/builds",
+        {"project": "shop", "pipeline": PIPELINE},
+        (403, 201, 201, 201, 404),
+        "developer",
+    ),
+    Route("get", "/api/builds", "/api/builds", None, (200, 200, 200, 200, 200)),
+    Route("get", "/api/builds", "/api/builds?project=shop", None, (200, 200, 200, 200, 404)),
+    Route("get", "/api/builds/{build_id}", "/api/builds/{build}", None, (200, 200, 200, 200, 404)),
+    Route(
+        "get",
+        "/api/builds/{build_id}/logs",
+        "/api/builds/{build}/logs",
+        None,
+        (200, 200, 200, 200, 404),
+    ),
+    Route(
+        "post",
+        "/api/builds/{build_id}/cancel",
+        "/api/builds/{build}/cancel",
+        None,
+        (403, 200, 200, 200, 404),
+        "developer",
+    ),
+    Route(
+        "post",
+        "/api/builds/{build_id}/rerun",
+        "/api/builds/{build}/rerun",
+        None,
+        (403, 201, 201, 201, 404),
+        "developer",
+    ),
+]
+
+CASES = [
+    pytest.param(route, role, answer, id=f"{route.method} {route.url} {route.body or ''} {role}")
+    for route in ROUTES
+    for role, answer in zip(ACTORS, route.answers, strict=True)
+]
+
+
+@pytest.fixture
+def shop(db: None) -> tuple[Project, Build]:
+    owner = make_user(ACTORS["owner"])
+    project: Any = make_project(owner, "shop")
+    for name, role in MEMBERS.items():
+        services.member_add(project=project, user=make_user(name), role=role)  # type: ignore[arg-type]
+    make_user("newbie")
+    make_user(ACTORS["outsider"])
+    build, _ = services.build_create(project=project, pipeline=PIPELINE, author=owner)
+    return project, build
+
+
+def user_named(name: str) -> Any:
+    from django.contrib.auth.models import User
+
+    return User.objects.get(username=name)
+
+
+def state() -> dict[str, Any]:
+    """Everything a call could change."""
+    return {
+        "projects": list(Project.objects.values_list("slug", "name")),
+        "members": sorted(Membership.objects.values_list("user__username", "role")),
+        "builds": list(Build.objects.values_list("id", "status", "cancel_requested")),
+    }
+
+
+@pytest.mark.parametrize(("route", "role", "answer"), CASES)
+def test_each_role_gets_what_it_may_do_and_a_refusal_changes_nothing(
+    shop: tuple[Project, Build], route: Route, role: str, answer: int
+) -> None:
+    _, build = shop
+    token = make_token(user_named(ACTORS[role]))
+    before = state()
+
+    response = api_call(route.method, route.url.format(build=build.pk), token, route.body)
+
+    assert response.status_code == answer, response.content
+    if answer >= 400:
+        assert state() == before
+        assert response["Content-Type"] == "application/json"
+    if answer == 403:
+        needed = route.needs
+        if "/members" in route.path and role in ("viewer", "developer"):
+            # Members are managed from maintainer up: that is named first, owner after.
+            needed = "maintainer"
+        assert response.json() == {
+            "detail": f"this needs the {needed} role (or higher) on project 'shop'; "
+            f"you are a{'n' if role[0] in 'aeiou' else ''} {role}"
+        }
+    if answer == 404:
+        assert response.json()["detail"] in (
+            "project 'shop' not found",
+            f"build {build.pk} not found",
+        )
+
+
+def test_the_table_covers_every_route_of_the_api(db: None) -> None:
+    schema = Client().get("/api/openapi.json").json()
+    routes = {(method, path) for path, item in schema["paths"].items() for method in item}
+
+    assert {(route.method, route.path) for route in ROUTES} == routes
+
+
+def test_a_member_whose_role_was_lowered_is_refused_at_once(shop: tuple[Project, Build]) -> None:
+    project, build = shop
+    token = make_token(user_named("dev"))
+    assert api_call("post", f"/api/builds/{build.pk}/rerun", token).status_code == 201
+
+    services.member_change(
+        membership=Membership.objects.get(project=project, user__username="dev"),
+        role=Role.VIEWER,
+    )
+
+    assert api_call("post", f"/api/builds/{build.pk}/rerun", token).status_code == 403
+    assert api_call("get", f"/api/builds/{build.pk}", token).status_code == 200
