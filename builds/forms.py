@@ -1,7 +1,9 @@
-"""Forms of the dashboard: the build filters and the "Run pipeline" form.
+"""Forms of the dashboard: the build filters, the "Run pipeline" form, and the forms
+that make and manage projects and their members.
 
-They only parse and check what the user typed; queueing a build is
-services.build_create's work, and the pipeline's own problems come from it.
+They only parse and check what the user typed; changing anything is the work of
+builds/services.py, and the problems it finds (a pipeline's, a taken slug, the last
+owner) come from it and are shown beside the field they concern.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django import forms
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Q, QuerySet
 from django.http import QueryDict
 
-from builds.models import Build, Project, Status
+from builds import services
+from builds.models import Build, Project, Role, Status
 from builds.pipeline import MAX_BYTES, PipelineError, Problem
 
 
@@ -120,3 +124,109 @@ class RunPipelineForm(forms.Form):
             where = f"{problem.line}:{problem.column}"
             path = f" {problem.path}:" if problem.path else ""
             self.add_error("pipeline", f"{where}{path} {problem.message}")
+
+
+class _Form(forms.Form):
+    """Labels without Django's trailing colon, as on the dashboard's other forms."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
+class _ProjectFields(_Form):
+    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the slug.")
+    repo_url = forms.CharField(
+        label="Repository URL",
+        max_length=500,
+        required=False,
+        # Not a URLField: git@host:group/repo.git is a repository address too.
+        help_text="Where the code lives, e.g. https://git.example.com/shop.git",
+    )
+    default_branch = forms.CharField(label="Default branch", max_length=200, initial="main")
+
+
+class ProjectCreateForm(_ProjectFields):
+    """A new project (services.project_create); its maker becomes its owner."""
+
+    slug = forms.CharField(
+        max_length=100,
+        help_text="Letters, digits, - and _; it names the project in URLs and the API.",
+    )
+    field_order = ["slug", "name", "repo_url", "default_branch"]
+
+    def clean_slug(self) -> str:
+        slug: str = self.cleaned_data["slug"]
+        problem = services.slug_problem(slug)
+        if problem:
+            raise forms.ValidationError(problem[0].upper() + problem[1:] + ".")
+        return slug
+
+
+class ProjectSettingsForm(_ProjectFields):
+    """A project's settings, as a maintainer may change them (services.project_update)."""
+
+    pipeline_path = forms.CharField(
+        label="Pipeline file",
+        max_length=200,
+        help_text="The file name shown with a pipeline's problems, e.g. .goci.yml",
+    )
+
+
+class ProjectDeleteForm(_Form):
+    """Deleting takes the slug typed again: a click alone cannot lose every build."""
+
+    confirm = forms.CharField(label="Type the project's slug to confirm", max_length=100)
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+
+    def clean_confirm(self) -> str:
+        typed: str = self.cleaned_data["confirm"]
+        if typed != self.project.slug:
+            raise forms.ValidationError(
+                f"Type {self.project.slug} exactly to delete this project; nothing was deleted."
+            )
+        return typed
+
+
+class ProjectTransferForm(_Form):
+    """Make another member an owner (services.project_transfer)."""
+
+    username = forms.ChoiceField(label="New owner")
+
+    def __init__(self, *args: Any, candidates: list[User], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.candidates = {user.get_username(): user for user in candidates}
+        self.fields["username"].choices = [  # type: ignore[attr-defined]
+            ("", "Choose a member"),
+            *((name, name) for name in self.candidates),
+        ]
+
+    def clean_username(self) -> User:
+        return self.candidates[self.cleaned_data["username"]]
+
+
+class MemberRoleForm(_Form):
+    """A member's role. Every role is accepted here: whether this user may give it is
+    the view's question (access.require_member_change), answered with a 403."""
+
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class MemberAddForm(MemberRoleForm):
+    """Add a user, by username, with a role."""
+
+    username = forms.CharField(max_length=150)
+    field_order = ["username", "role"]
+
+    def clean_username(self) -> User:
+        username: str = self.cleaned_data["username"].strip()
+        user = User.objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise forms.ValidationError(
+                f"There is no user named {username!r}: check the spelling, or ask an "
+                "administrator to create it (goci user add NAME)."
+            )
+        return user

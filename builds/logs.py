@@ -196,6 +196,8 @@ def step_lines(request: HttpRequest, build_id: int, position: int) -> JsonRespon
     if query is not None:
         if not query or len(query) > MAX_QUERY or "\n" in query:
             return _error(400, f"q must be 1 to {MAX_QUERY} characters on one line")
+        if "\x00" in query:  # PostgreSQL's text cannot hold it; no stored line has one
+            return _error(400, "q must not contain a NUL character")
         matches, more = search_step_lines(step, attempt, query)
         return JsonResponse({**body, "matches": matches, "more": more})
     if after is not None and before is not None:

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, register_converter
 
 from builds import logs, views
+
+
+class UsernameConverter:
+    """What Django lets a username hold (letters, digits and @.+-_): anything else, a
+    NUL for one, is a 404 here rather than a query the database refuses."""
+
+    regex = r"[\w.@+-]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(UsernameConverter, "username")
 
 app_name = "builds"
 
@@ -14,8 +30,24 @@ urlpatterns = [
     # LogoutView answers POST only (Django 5): a link or a prefetch cannot sign you out.
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.dashboard, name="dashboard"),
+    path("projects/", views.projects, name="projects"),
+    path("projects/new", views.project_new, name="project-new"),
     path("projects/<slug:slug>/", views.project_detail, name="project"),
     path("projects/<slug:slug>/run", views.project_run, name="project-run"),
+    path("projects/<slug:slug>/settings", views.project_settings, name="project-settings"),
+    path("projects/<slug:slug>/delete", views.project_delete, name="project-delete"),
+    path("projects/<slug:slug>/transfer", views.project_transfer, name="project-transfer"),
+    path("projects/<slug:slug>/members", views.project_members, name="project-members"),
+    path(
+        "projects/<slug:slug>/members/<username:username>",
+        views.member_change,
+        name="project-member",
+    ),
+    path(
+        "projects/<slug:slug>/members/<username:username>/remove",
+        views.member_remove,
+        name="project-member-remove",
+    ),
     path("builds/<int:build_id>/", views.build_detail, name="build"),
     path("builds/<int:build_id>/cancel", views.build_cancel, name="build-cancel"),
     path("builds/<int:build_id>/rerun", views.build_rerun, name="build-rerun"),

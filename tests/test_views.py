@@ -557,7 +557,8 @@ def test_a_build_run_by_the_worker_shows_its_results(
         worker.close()
     page = html(owner.get(response["Location"]))
     assert 'data-status="success"' in page
-    assert page.count('class="badge status-success"') == 1 + 2 + 2  # header, graph, steps
+    # The header, then each step in the step list, the graph and its log section.
+    assert page.count('class="badge status-success"') == 1 + 2 + 2 + 2
     assert 'data-line-count="3"' in page  # count: seq 3
     assert 'data-line-count="1"' in page  # hello
     build = Build.objects.get()

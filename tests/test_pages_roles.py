@@ -1,0 +1,174 @@
+"""Every page and form of the dashboard, for every role: what each answers, and that a
+refused request changed nothing.
+
+Viewer: read builds and logs. Developer: also run, cancel and rerun. Maintainer: also
+change the project's settings and members. Owner: also delete or transfer the project.
+A member whose role is too low gets 403 naming the role needed; a non-member gets 404,
+as for a project that does not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from builds import services
+from builds.models import Build, Membership, Project, Role
+from builds.urls import urlpatterns
+from tests.helpers import make_project, make_user
+from tests.queue_helpers import submit
+
+pytestmark = pytest.mark.django_db
+
+PIPELINE = "steps:\n  - {name: hello, run: echo hello}\n"
+ROLES = ("viewer", "developer", "maintainer", "owner", "outsider")
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # the URL pattern's name
+    method: str
+    url: str  # {build}: the build's id
+    data: dict[str, str]
+    # Per role, in the order of ROLES: the status, or for a 403 the role it names.
+    answers: tuple[int | str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+# Who reads (any member), who runs (developer+), who manages (maintainer+), who owns.
+# A role name: 403, and the page says that role is needed.
+READ = (200, 200, 200, 200, 404)
+RUN = ("developer", 302, 302, 302, 404)
+MANAGE_GET = ("maintainer", "maintainer", 200, 200, 404)
+MANAGE = ("maintainer", "maintainer", 302, 302, 404)
+OWN = ("owner", "owner", "owner", 302, 404)
+# An owner's membership: maintainers manage members, but only owners touch owners.
+OWNERS_MEMBERSHIP = ("maintainer", "maintainer", "owner", 302, 404)
+ANYONE = (200, 200, 200, 200, 200)
+
+CASES = [
+    Case("dashboard", "get", "/", {}, ANYONE),
+    Case("projects", "get", "/projects/", {}, ANYONE),
+    Case("project-new", "get", "/projects/new", {}, ANYONE),
+    Case("project-new", "post", "/projects/new", {"slug": "fresh", "default_branch": "main"},
+         (302,) * 5),
+    Case("project", "get", "/projects/web/", {}, READ),
+    Case("project-run", "post", "/projects/web/run", {"pipeline": PIPELINE}, RUN),
+    Case("project-settings", "get", "/projects/web/settings", {}, MANAGE_GET),
+    Case("project-settings", "post", "/projects/web/settings",
+         {"name": "Renamed", "default_branch": "dev", "pipeline_path": "ci.yml"}, MANAGE),
+    Case("project-delete", "post", "/projects/web/delete", {"confirm": "web"}, OWN),
+    Case("project-transfer", "post", "/projects/web/transfer", {"username": "developer"}, OWN),
+    Case("project-members", "get", "/projects/web/members", {}, READ),
+    Case("project-members", "post", "/projects/web/members",
+         {"username": "newcomer", "role": "viewer"}, MANAGE),
+    Case("project-member", "post", "/projects/web/members/developer", {"role": "viewer"}, MANAGE),
+    Case("project-member-remove", "post", "/projects/web/members/developer/remove", {}, MANAGE),
+    # An owner's membership: only owners touch it (the second owner, so that one remains).
+    Case("project-member", "post", "/projects/web/members/olga", {"role": "viewer"},
+         OWNERS_MEMBERSHIP),
+    Case("project-member-remove", "post", "/projects/web/members/olga/remove", {},
+         OWNERS_MEMBERSHIP),
+    Case("build", "get", "/builds/{build}/", {}, READ),
+    Case("build-cancel", "post", "/builds/{build}/cancel", {}, RUN),
+    Case("build-rerun", "post", "/builds/{build}/rerun", {}, RUN),
+    Case("build-raw", "get", "/builds/{build}/log.txt", {}, READ),
+    Case("step-raw", "get", "/builds/{build}/steps/0/raw", {}, READ),
+    Case("step-lines", "get", "/builds/{build}/steps/0/lines", {}, READ),
+]  # fmt: skip
+
+
+@pytest.fixture
+def world() -> dict[str, Any]:
+    """Project web with one member of each role (and a second owner, olga), a queued
+    build, a user who is no member (outsider) and one to add (newcomer)."""
+    owner = make_user("owner")
+    project = make_project(owner, "web")
+    users = {"owner": owner, "outsider": make_user("outsider")}
+    for role in ("viewer", "developer", "maintainer"):
+        users[role] = make_user(role)
+        services.member_add(project=project, user=users[role], role=role)  # type: ignore[arg-type]
+    services.member_add(project=project, user=make_user("olga"), role=Role.OWNER)  # type: ignore[arg-type]
+    make_user("newcomer")
+    make_project(users["outsider"], "elsewhere")
+    build = submit(project, PIPELINE)  # type: ignore[arg-type]
+    return {"users": users, "build": build}
+
+
+def state() -> Any:
+    """Everything a page or form could change."""
+    members = Membership.objects.order_by("pk")
+    return (
+        list(Project.objects.order_by("pk").values_list("slug", "name", "default_branch")),
+        list(members.values_list("project__slug", "user__username", "role")),
+        list(Build.objects.order_by("pk").values_list("pk", "status", "cancel_requested")),
+    )
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_each_page_answers_each_role_as_its_rules_say(
+    world: dict[str, Any], case: Case, role: str
+) -> None:
+    client = Client()
+    client.force_login(world["users"][role])
+    url = case.url.format(build=world["build"].pk)
+    before = state()
+    response = getattr(client, case.method)(url, case.data)
+    answer = case.answers[ROLES.index(role)]
+    expected = 403 if isinstance(answer, str) else answer
+    assert response.status_code == expected, response.content.decode()[:2000]
+    if expected in (403, 404):
+        assert state() == before  # refused: nothing changed
+    elif case.method == "post":
+        assert state() != before  # done: something changed
+    if isinstance(answer, str):
+        page = response.content.decode()
+        assert "<title>Not allowed · Goci</title>" in page
+        assert f"This needs the {answer} role (or higher) on project &#x27;web&#x27;" in page
+        assert f"you are a {role}." in page
+
+
+def test_the_table_covers_every_page_of_the_dashboard() -> None:
+    names = {pattern.name for pattern in urlpatterns} - {"login", "logout"}  # type: ignore[union-attr]
+    assert names == {case.name for case in CASES}
+
+
+def test_a_denied_htmx_request_reloads_the_page_which_says_why(world: dict[str, Any]) -> None:
+    client = Client()
+    client.force_login(world["users"]["viewer"])
+    build = world["build"]
+    response = client.post(f"/builds/{build.pk}/cancel", **HTMX)
+    # htmx swaps no 4xx: it reloads on HX-Refresh, and the page shows the message.
+    assert response.status_code == 403
+    assert response["HX-Refresh"] == "true"
+    assert "needs the developer role" in response.content.decode()
+    page = client.get(f"/builds/{build.pk}/").content.decode()
+    assert "Not allowed: this needs the developer role (or higher) on project" in page
+    build.refresh_from_db()
+    assert not build.cancel_requested
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_anonymous_is_sent_to_sign_in_everywhere(world: dict[str, Any], case: Case) -> None:
+    before = state()
+    response = getattr(Client(), case.method)(case.url.format(build=world["build"].pk), case.data)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/?next=")
+    assert state() == before
+
+
+def test_an_inactive_member_is_signed_out_everywhere(world: dict[str, Any]) -> None:
+    owner: User = world["users"]["owner"]
+    client = Client()
+    client.force_login(owner)
+    User.objects.filter(pk=owner.pk).update(is_active=False)
+    assert client.get("/projects/web/")["Location"].startswith("/login/")
