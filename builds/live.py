@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -28,6 +29,27 @@ SERVER_LOOP: asyncio.AbstractEventLoop | None = None
 
 def build_group(build_id: int) -> str:
     return f"build-{build_id}"
+
+
+# The Step columns a "step" message is made of (read with .values(*STEP_VALUES)).
+STEP_VALUES = ("name", "status", "exit_code", "error", "started_at", "finished_at")
+
+
+def step_message(step: Mapping[str, Any]) -> dict[str, Any]:
+    """The "step" message a browser gets, from a step's STEP_VALUES: one function for
+    the worker's live message and the consumer's catch-up, so the two cannot differ.
+    Times are ISO strings (channels_redis sends msgpack, which has no datetime)."""
+    started, finished = step["started_at"], step["finished_at"]
+    return {
+        "type": "step",
+        "step": step["name"],
+        "status": step["status"],
+        "exit_code": step["exit_code"],
+        "error": step["error"] or None,  # for a skipped step, why
+        "started_at": started.isoformat() if started else None,
+        "finished_at": finished.isoformat() if finished else None,
+        "duration": (finished - started).total_seconds() if started and finished else None,
+    }
 
 
 class Publisher:

@@ -1,35 +1,53 @@
 """The dashboard: server-rendered pages, with htmx for the parts that change.
 
-Views are thin: look the object up through builds.access (None is a 404, whether the
-object is missing or another user's), parse, make one service call, render or
-redirect. One URL serves a page or, to an htmx request, its fragment (a partial of
+Views are thin: look the object up through builds.access with the role the view
+needs (None is a 404, whether the object is missing or another user's; a member whose
+role is too low gets a 403 that names the role), parse, make one service call, render
+or redirect. One URL serves a page or, to an htmx request, its fragment (a partial of
 the same template), so a polled table and its page cannot drift apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import wraps
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import F, Max, QuerySet
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db.models import F, Max, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from builds import access, services
-from builds.forms import BuildFilterForm, RunPipelineForm
+from builds.forms import (
+    BuildFilterForm,
+    MemberAddForm,
+    MemberRoleForm,
+    ProjectCreateForm,
+    ProjectDeleteForm,
+    ProjectSettingsForm,
+    ProjectTransferForm,
+    RunPipelineForm,
+)
 from builds.logs import iter_step_lines, log_pieces, stream_text
-from builds.models import Build, LogChunk, Project, Status, Step
+from builds.models import Build, LogChunk, Membership, Project, Role, Status, Step
 from builds.pipeline import PipelineError
 
 PAGE_SIZE = 50
+# The furthest page of a build list: 5,000,000 builds back, further than anyone pages,
+# and an OFFSET that every database takes (10**30 overflowed it: a 500).
+MAX_PAGE = 100_000
 ACTIVE = (Status.QUEUED, Status.RUNNING)
 
 # The pipeline picture: boxes in columns by dependency depth (pixels).
@@ -48,12 +66,37 @@ def _htmx(request: HttpRequest) -> bool:
 
 
 def _page_or_fragment(
-    request: HttpRequest, template: str, fragment: str, context: dict[str, Any]
+    request: HttpRequest, template: str, fragment: str, context: dict[str, Any], status: int = 200
 ) -> HttpResponse:
-    response = render(request, f"{template}#{fragment}" if _htmx(request) else template, context)
+    response = render(
+        request, f"{template}#{fragment}" if _htmx(request) else template, context, status=status
+    )
     # Page and fragment share a URL: a cache must keep them apart.
     patch_vary_headers(response, ("HX-Request",))
     return response
+
+
+View = Callable[..., HttpResponse]
+
+
+def _denied_as_403(view: View) -> View:
+    """A member whose role is too low (access.Denied) gets 403 with the role needed:
+    templates/403.html, or, to htmx (which swaps no 4xx answer), the message as a flash
+    and a reload of the page it is on, which shows it."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except access.Denied as exc:
+            if not _htmx(request):
+                raise PermissionDenied(str(exc)) from exc
+            messages.error(request, f"Not allowed: {exc}.")
+            return HttpResponse(
+                str(exc), status=403, content_type="text/plain", headers={"HX-Refresh": "true"}
+            )
+
+    return wrapped
 
 
 def format_duration(seconds: float | None) -> str:
@@ -94,8 +137,7 @@ class _Page:
     has_next: bool
 
     @classmethod
-    def of(cls, builds: QuerySet[Build], requested: str | None) -> _Page:
-        number = int(requested) if requested and requested.isdigit() and int(requested) else 1
+    def of(cls, builds: QuerySet[Build], number: int) -> _Page:
         start = (number - 1) * PAGE_SIZE
         rows = list(builds[start : start + PAGE_SIZE + 1])
         return cls(number, rows[:PAGE_SIZE], len(rows) > PAGE_SIZE)
@@ -113,15 +155,34 @@ class _Page:
         return self.number + 1
 
 
+def _page_number(requested: str | None) -> int | None:
+    """The page asked for: 1 when absent or not a number (a hand-edited URL still shows
+    a list), None past MAX_PAGE (the view answers 400 and says so)."""
+    if not requested or not (requested.isascii() and requested.isdigit()):
+        return 1
+    digits = requested.lstrip("0")
+    if len(digits) > len(str(MAX_PAGE)) or int(digits or "1") > MAX_PAGE:
+        return None
+    return int(digits or "1")
+
+
 def _build_page(request: HttpRequest, builds: QuerySet[Build], path: str) -> dict[str, Any]:
     """One page of a build list, whether the table should poll for changes, and the
-    page's URL (`path`: the list's page, also when a POST rendered it) to poll and page."""
+    page's URL (`path`: the list's page, also when a POST rendered it) to poll and page.
+    `page_error` says why there is no such page (the view answers 400)."""
     builds = builds.select_related("project", "author").order_by("-id")
-    page = _Page.of(builds, request.GET.get("page"))
+    number = _page_number(request.GET.get("page"))
+    page_error = ""
+    if number is None:
+        page_error = f"There is no such page: pages go from 1 to {MAX_PAGE}."
+        page = _Page(1, [], has_next=False)
+    else:
+        page = _Page.of(builds, number)
     _with_durations(page.object_list)
     query = request.GET.urlencode()
     return {
         "page": page,
+        "page_error": page_error,
         "builds": page.object_list,
         # Polling stops with the last running build: the fragment without it has no trigger.
         "live": any(build.status in ACTIVE for build in page.object_list),
@@ -138,7 +199,8 @@ def _build_page(request: HttpRequest, builds: QuerySet[Build], path: str) -> dic
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Recent builds of the user's projects, filtered by project, status and branch."""
-    form = BuildFilterForm(request.GET or None, projects=access.projects_for_user(request.user))
+    projects = access.projects_for_user(request.user)
+    form = BuildFilterForm(request.GET or None, projects=projects)
     builds = access.builds_for_user(request.user)
     if form.is_bound:
         builds = form.filter(builds)
@@ -147,23 +209,29 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "filtered": any(request.GET.get(name) for name in form.fields),
         **_build_page(request, builds, reverse("builds:dashboard")),
     }
-    return _page_or_fragment(request, "builds/dashboard.html", "build-table", context)
+    if not context["builds"] and not context["filtered"] and context["page"].number == 1:
+        # A fresh dashboard says what to do next (a first project, or a first build).
+        context["first_project"] = projects.first()
+        context["api_builds_url"] = request.build_absolute_uri("/api/builds")
+    status = 400 if context["page_error"] else 200
+    return _page_or_fragment(request, "builds/dashboard.html", "build-table", context, status)
 
 
 @login_required
 @require_GET
 def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _project_or_404(request, slug)
+    project = _project_or_404(request, slug, access.READ)
     form = RunPipelineForm(initial={"ref": project.default_branch})
     return _project_page(request, project, form)
 
 
 @login_required
 @require_POST
+@_denied_as_403
 def project_run(request: HttpRequest, slug: str) -> HttpResponse:
     """Queue a build of a pasted or uploaded pipeline; on a problem, the form again with
     every problem beside the text (which is kept)."""
-    project = _project_or_404(request, slug)
+    project = _project_or_404(request, slug, access.RUN)
     form = RunPipelineForm(request.POST, request.FILES)
     if form.is_valid():
         data = form.cleaned_data
@@ -189,22 +257,34 @@ def project_run(request: HttpRequest, slug: str) -> HttpResponse:
     return _project_page(request, project, form)
 
 
-def _project_or_404(request: HttpRequest, slug: str) -> Project:
-    project = access.find_project_for_user(request.user, slug)
+def _project_or_404(request: HttpRequest, slug: str, needed: Role) -> Project:
+    project = access.find_project_for_user(request.user, slug, needed=needed)
     if project is None:
         raise Http404("no such project")
     return project
 
 
 def _project_context(project: Project, form: RunPipelineForm) -> dict[str, Any]:
-    return {"project": project, "form": form}
+    return {"project": project, "form": form, **_can(project)}
+
+
+def _can(project: Project) -> dict[str, bool]:
+    """What the user's role on the project lets them do, to show only what they may use
+    (every view checks again)."""
+    role = getattr(project, "role", None)
+    return {
+        "can_run": access.has_role(role, access.RUN),
+        "can_manage": access.has_role(role, access.MANAGE),
+        "can_own": access.has_role(role, access.OWN),
+    }
 
 
 def _project_page(request: HttpRequest, project: Project, form: RunPipelineForm) -> HttpResponse:
     builds = access.builds_for_user(request.user).filter(project=project)
     path = reverse("builds:project", args=[project.slug])
     context = {**_project_context(project, form), **_build_page(request, builds, path)}
-    return _page_or_fragment(request, "builds/project_detail.html", "build-table", context)
+    status = 400 if context["page_error"] else 200
+    return _page_or_fragment(request, "builds/project_detail.html", "build-table", context, status)
 
 
 @login_required
@@ -219,7 +299,7 @@ def build_detail(request: HttpRequest, build_id: int) -> HttpResponse:
     steps = list(
         Step.objects.filter(job__build=build).select_related("job").order_by("job_id", "position")
     )
-    _with_step_details(steps)
+    _with_step_details(steps, build)
     context = {**_header_context(build), "steps": steps, "graph": _graph(steps)}
     response = render(request, "builds/build_detail.html", context)
     patch_vary_headers(response, ("HX-Request",))
@@ -228,8 +308,9 @@ def build_detail(request: HttpRequest, build_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@_denied_as_403
 def build_cancel(request: HttpRequest, build_id: int) -> HttpResponse:
-    build = services.build_cancel(build=_build_or_404(request, build_id))
+    build = services.build_cancel(build=_build_or_404(request, build_id, access.RUN))
     if _htmx(request):
         return _header(request, build)
     return redirect("builds:build", build_id=build.pk)
@@ -237,8 +318,9 @@ def build_cancel(request: HttpRequest, build_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@_denied_as_403
 def build_rerun(request: HttpRequest, build_id: int) -> HttpResponse:
-    build = _build_or_404(request, build_id)
+    build = _build_or_404(request, build_id, access.RUN)
     try:
         rerun = services.build_rerun(build=build, author=request.user)  # type: ignore[arg-type]
     except (PipelineError, services.InvalidRequest) as exc:
@@ -279,11 +361,244 @@ def build_raw(request: HttpRequest, build_id: int) -> StreamingHttpResponse:
 
 
 # ---------------------------------------------------------------------------
+# Projects, their settings and their members
+
+
+@login_required
+@require_GET
+def projects(request: HttpRequest) -> HttpResponse:
+    """The user's projects, each with the user's role and its last build, in one query
+    (a correlated subquery per column, each on the (project, -id) index)."""
+    last = Build.objects.filter(project=OuterRef("pk")).order_by("-id")
+    rows = access.projects_for_user(request.user).annotate(
+        last_build_id=Subquery(last.values("pk")[:1]),
+        last_number=Subquery(last.values("number")[:1]),
+        last_status=Subquery(last.values("status")[:1]),
+        last_created_at=Subquery(last.values("created_at")[:1]),
+    )
+    return render(request, "builds/project_list.html", {"projects": rows})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_new(request: HttpRequest) -> HttpResponse:
+    """Any signed-in user may make a project and becomes its owner."""
+    form = ProjectCreateForm(request.POST) if request.method == "POST" else ProjectCreateForm()
+    if form.is_valid():
+        try:
+            project = services.project_create(
+                user=request.user,  # type: ignore[arg-type]  # login_required
+                **form.cleaned_data,
+            )
+        except services.Conflict:
+            form.add_error("slug", "This slug is taken: choose another one.")
+        else:
+            messages.success(
+                request, f"Project {project.slug} created: you are its owner. Run a first build."
+            )
+            return redirect("builds:project", slug=project.slug)
+    return render(request, "builds/project_new.html", {"form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@_denied_as_403
+def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """Maintainers change the settings; owners also see the danger zone."""
+    project = _project_or_404(request, slug, access.MANAGE)
+    if request.method == "GET":
+        return _settings_page(request, project)
+    form = ProjectSettingsForm(request.POST)
+    if not form.is_valid():
+        return _settings_page(request, project, form=form)
+    services.project_update(project=project, **form.cleaned_data)
+    messages.success(request, "Settings saved.")
+    return redirect("builds:project-settings", slug=project.slug)
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def project_delete(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project_or_404(request, slug, access.OWN)
+    form = ProjectDeleteForm(request.POST, project=project)
+    if not form.is_valid():
+        return _settings_page(request, project, delete_form=form)
+    services.project_delete(project=project)
+    messages.success(request, f"Project {project.slug} was deleted with all its builds.")
+    return redirect("builds:projects")
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def project_transfer(request: HttpRequest, slug: str) -> HttpResponse:
+    """Make another member an owner. The owner who does it stays one (services.
+    project_transfer), and may step down on the members page."""
+    project = _project_or_404(request, slug, access.OWN)
+    form = ProjectTransferForm(request.POST, candidates=_transfer_candidates(project))
+    if form.is_valid():
+        try:
+            services.project_transfer(project=project, to=form.cleaned_data["username"])
+        except services.InvalidRequest as exc:  # removed from the project meanwhile
+            form.add_error("username", _sentence(exc))
+        else:
+            messages.success(
+                request,
+                f"{form.cleaned_data['username'].get_username()} is now an owner of "
+                f"{project.slug}. You are one too: change your own role here to step down.",
+            )
+            return redirect("builds:project-members", slug=project.slug)
+    return _settings_page(request, project, transfer_form=form)
+
+
+def _transfer_candidates(project: Project) -> list[User]:
+    members = Membership.objects.filter(project=project).exclude(role=Role.OWNER)
+    return [member.user for member in members.select_related("user").order_by("user__username")]
+
+
+def _settings_page(
+    request: HttpRequest,
+    project: Project,
+    *,
+    form: ProjectSettingsForm | None = None,
+    delete_form: ProjectDeleteForm | None = None,
+    transfer_form: ProjectTransferForm | None = None,
+) -> HttpResponse:
+    initial = {name: getattr(project, name) for name in services.PROJECT_FIELDS}
+    context: dict[str, Any] = {
+        "project": project,
+        "form": form or ProjectSettingsForm(initial=initial),
+        **_can(project),
+    }
+    if context["can_own"]:
+        context["delete_form"] = delete_form or ProjectDeleteForm(project=project)
+        context["transfer_form"] = transfer_form or ProjectTransferForm(
+            candidates=_transfer_candidates(project)
+        )
+    return render(request, "builds/project_settings.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@_denied_as_403
+def project_members(request: HttpRequest, slug: str) -> HttpResponse:
+    """Every member sees who is on the project (and so whom to ask for a role);
+    maintainers add members (POST), and only owners make owners."""
+    project = _project_or_404(request, slug, access.READ)
+    if request.method == "GET":
+        return _members_page(request, project)
+    access.require(project, access.MANAGE)
+    form = MemberAddForm(request.POST)
+    if form.is_valid():
+        user, role = form.cleaned_data["username"], form.cleaned_data["role"]
+        access.require_member_change(project, None, role)
+        try:
+            services.member_add(project=project, user=user, role=role)
+        except services.Conflict as exc:
+            form.add_error("username", _sentence(exc))
+        else:
+            return _members_changed(request, slug, f"{user.get_username()} is now {_a(role)}.")
+    return _members_page(request, project, add_form=form)
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def member_change(request: HttpRequest, slug: str, username: str) -> HttpResponse:
+    project = _project_or_404(request, slug, access.MANAGE)
+    membership = _membership_or_404(project, username)
+    form = MemberRoleForm(request.POST)
+    if not form.is_valid():
+        return _members_page(request, project, error=f"Role of {username}: choose a role.")
+    role = form.cleaned_data["role"]
+    access.require_member_change(project, membership.role, role)
+    try:
+        services.member_change(membership=membership, role=role)
+    except services.InvalidRequest as exc:
+        return _members_page(
+            request, project, error=f"{username} stays {_a(membership.role)}. {_sentence(exc)}"
+        )
+    return _members_changed(request, slug, f"{username} is now {_a(role)}.")
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def member_remove(request: HttpRequest, slug: str, username: str) -> HttpResponse:
+    project = _project_or_404(request, slug, access.MANAGE)
+    membership = _membership_or_404(project, username)
+    access.require_member_change(project, membership.role)
+    try:
+        services.member_remove(membership=membership)
+    except services.InvalidRequest as exc:
+        return _members_page(request, project, error=f"Cannot remove {username}. {_sentence(exc)}")
+    return _members_changed(request, slug, f"{username} is no longer a member of {slug}.")
+
+
+def _membership_or_404(project: Project, username: str) -> Membership:
+    membership = (
+        Membership.objects.select_related("project", "user")
+        .filter(project=project, user__username=username)
+        .first()
+    )
+    if membership is None:
+        raise Http404("no such member")
+    return membership
+
+
+def _members_page(
+    request: HttpRequest,
+    project: Project,
+    *,
+    add_form: MemberAddForm | None = None,
+    error: str = "",
+    notice: str = "",
+) -> HttpResponse:
+    can = _can(project)
+    context = {
+        "project": project,
+        "members": Membership.objects.filter(project=project)
+        .select_related("user")
+        .order_by("user__username"),
+        "add_form": add_form or MemberAddForm(initial={"role": Role.DEVELOPER}),
+        # Maintainers are not offered the owner role (the views refuse it too).
+        "roles": [(v, label) for v, label in Role.choices if can["can_own"] or v != Role.OWNER],
+        "error": error,
+        "notice": notice,
+        **can,
+    }
+    return _page_or_fragment(request, "builds/project_members.html", "members", context)
+
+
+def _members_changed(request: HttpRequest, slug: str, notice: str) -> HttpResponse:
+    """After a change, the list as the user may now see it: their own role may be what
+    changed, or they may have left the project."""
+    project = access.find_project_for_user(request.user, slug)
+    if project is None:
+        messages.success(request, notice)
+        return _redirect(request, reverse("builds:projects"))
+    if _htmx(request):
+        return _members_page(request, project, notice=notice)
+    messages.success(request, notice)
+    return redirect("builds:project-members", slug=slug)
+
+
+def _a(role: str) -> str:
+    return f"{'an' if role[0] in 'aeiou' else 'a'} {role}"
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc)
+    return f"{text[:1].upper()}{text[1:]}."
+
+
+# ---------------------------------------------------------------------------
 # Helpers
 
 
-def _build_or_404(request: HttpRequest, build_id: int) -> Build:
-    build = access.find_build_for_user(request.user, build_id)
+def _build_or_404(request: HttpRequest, build_id: int, needed: Role = access.READ) -> Build:
+    build = access.find_build_for_user(request.user, build_id, needed=needed)
     if build is None:
         raise Http404("no such build")
     return build
@@ -305,10 +620,14 @@ def _attachment(response: StreamingHttpResponse, filename: str) -> StreamingHttp
 
 def _header_context(build: Build) -> dict[str, Any]:
     build.elapsed = _elapsed(build.started_at, build.finished_at, timezone.now())  # type: ignore[attr-defined]
+    runs = access.has_role(getattr(build.project, "role", None), access.RUN)
     return {
         "build": build,
-        "can_cancel": build.status in ACTIVE and not build.cancel_requested,
-        "can_rerun": build.finished,
+        # The server's clock, which logview.js's running durations count from.
+        "now": timezone.now(),
+        # Buttons only for those who may use them (the views check again).
+        "can_cancel": runs and build.status in ACTIVE and not build.cancel_requested,
+        "can_rerun": runs and build.finished,
     }
 
 
@@ -316,9 +635,12 @@ def _header(request: HttpRequest, build: Build) -> HttpResponse:
     return render(request, "builds/build_detail.html#build-header", _header_context(build))
 
 
-def _with_step_details(steps: list[Step]) -> None:
-    """Each step's duration and the number of its last stored line of the current
-    attempt (logview.js starts from it), in one query for all steps."""
+def _with_step_details(steps: list[Step], build: Build) -> None:
+    """Each step's duration, whether it starts open, and the number of its last stored
+    line of the current attempt (logview.js starts from it), in one query for all steps.
+
+    In a failed build only what went wrong is open: the reader came for the failure."""
+    failed = build.status in (Status.FAILURE, Status.ERROR)
     now = timezone.now()
     last_lines = dict(
         LogChunk.objects.filter(
@@ -331,6 +653,7 @@ def _with_step_details(steps: list[Step]) -> None:
     for step in steps:
         step.elapsed = _elapsed(step.started_at, step.finished_at, now)  # type: ignore[attr-defined]
         step.line_count = last_lines.get(step.pk, 0)  # type: ignore[attr-defined]
+        step.open = not failed or step.status in (Status.FAILURE, Status.ERROR)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -355,22 +678,23 @@ def _graph(steps: list[Step]) -> _Graph:
     column 0, any other one column right of its deepest need), in position order within
     a column, with an arrow from each need to the step that waits for it."""
     by_name = {(step.job_id, step.name): step for step in steps}
+    needs_of = {
+        step.pk: [need.pk for name in step.needs if (need := by_name.get((step.job_id, name)))]
+        for step in steps
+    }
+    try:
+        # Needs before the steps that wait for them, without recursion: a chain of
+        # hundreds of steps would exceed Python's recursion limit.
+        order = list(TopologicalSorter(needs_of).static_order())
+    except CycleError:  # only in a damaged row (plan() forbids cycles): ignore such needs
+        order = [step.pk for step in steps]
     depth: dict[int, int] = {}
-
-    def depth_of(step: Step, seen: frozenset[int] = frozenset()) -> int:
-        if step.pk not in depth:
-            needs = [by_name.get((step.job_id, name)) for name in step.needs]
-            # `seen` only guards against a cycle in a damaged row; plan() forbids them.
-            known = [need for need in needs if need is not None and need.pk not in seen]
-            depth[step.pk] = 1 + max(
-                (depth_of(need, seen | {step.pk}) for need in known), default=-1
-            )
-        return depth[step.pk]
-
+    for pk in order:
+        depth[pk] = 1 + max((depth[need] for need in needs_of[pk] if need in depth), default=-1)
     rows: dict[int, int] = {}
     nodes: dict[int, _Node] = {}
     for step in steps:
-        column = depth_of(step)
+        column = depth[step.pk]
         row = rows.get(column, 0)
         rows[column] = row + 1
         nodes[step.pk] = _Node(

@@ -26,6 +26,7 @@ const POLL_MS = 2000;
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const FINISHED = new Set(["success", "failure", "error", "canceled", "skipped"]);
+const FAILED = new Set(["failure", "error"]);
 const TIMESTAMPS_KEY = "goci.logview.timestamps";
 const STATE_TEXT = {
   connecting: "Connecting…",
@@ -388,7 +389,7 @@ export class LogView {
     this.scroll.setAttribute("aria-label", `Log of ${this.name}`);
     this.sizer = element("div", "logview-sizer");
     this.window = element("div", "logview-window");
-    this.empty = element("div", "logview-empty", "No output yet.");
+    this.empty = element("div", "logview-empty", this.emptyText());
     this.sizer.append(this.window);
     this.follow = element("button", "logview-follow", "Follow ↓");
     this.follow.type = "button";
@@ -441,6 +442,13 @@ export class LogView {
     if (this.target) this.scrollToLine(this.target);
     else this.scrollToBottom();
     this.render();
+  }
+
+  /** What an empty log says: a skipped step never ran (the reason is above it). */
+  emptyText() {
+    return this.section && this.section.dataset.status === "skipped"
+      ? "No output: this step was skipped."
+      : "No output yet.";
   }
 
   get physicalHeight() {
@@ -882,6 +890,25 @@ function findLastIndex(array, test) {
 // ---------------------------------------------------------------------------
 // The page: its logs, its status line, the WebSocket
 
+/** How long something took, as builds/views.py format_duration writes it. */
+export function formatDuration(seconds) {
+  const whole = Math.floor(seconds);
+  if (!(whole >= 1)) return "<1s";
+  const hours = Math.floor(whole / 3600);
+  const minutes = Math.floor((whole % 3600) / 60);
+  const secs = whole % 60;
+  if (hours) return `${hours}h ${pad(minutes)}m`;
+  if (minutes) return `${minutes}m ${pad(secs)}s`;
+  return `${secs}s`;
+}
+
+function setTimes(el, started, finished) {
+  if (started) el.dataset.startedAt = started;
+  else delete el.dataset.startedAt;
+  if (finished) el.dataset.finishedAt = finished;
+  else delete el.dataset.finishedAt;
+}
+
 function setStatusOf(el, status) {
   for (const name of [...el.classList]) if (name.startsWith("status-")) el.classList.remove(name);
   el.classList.add(`status-${status}`);
@@ -900,6 +927,11 @@ export class LogPage {
     this.pollTimer = null;
     this.stopped = false;
     this.state = "";
+    // Durations count from the server's timestamps: correct for this machine's clock.
+    this.skew = -Infinity;
+    const clock = build.querySelector("[data-now]");
+    this.learnClock(clock ? clock.dataset.now : "");
+    if (this.skew === -Infinity) this.skew = 0;
     this.makeStatusLine();
     this.scan(build);
     this.attempt = Math.max(1, ...[...this.views.values()].map((v) => v.attempt));
@@ -966,6 +998,10 @@ export class LogPage {
       if (event.target instanceof Element) this.scan(event.target);
     });
     window.addEventListener("hashchange", () => this.applyHash());
+    setInterval(() => this.tick(), 1000);
+    // A failed build opens at its failure (the server rendered the steps open or
+    // closed); a line named in the URL wins.
+    if (FAILED.has(this.build.dataset.status) && !location.hash) this.showFailure();
     this.applyHash();
     // The browser scrolls to a fragment's element by itself until the page has loaded,
     // aligning it to the top; the line is centred again after that.
@@ -1009,21 +1045,88 @@ export class LogPage {
 
   // --- Statuses --------------------------------------------------------------
 
-  setStepStatus(name, status, exitCode) {
+  /** A step's status, and from a "step" message (`detail`) its times, exit code
+   * and the reason it was skipped or could not run. */
+  setStepStatus(name, status, detail = {}) {
     if (!name || !status) return;
     const quoted = CSS.escape(name);
-    for (const el of this.doc.querySelectorAll(`[data-step-status="${quoted}"]`)) setStatusOf(el, status);
+    const all = (attribute) => this.doc.querySelectorAll(`[${attribute}="${quoted}"]`);
+    for (const el of all("data-step-status")) setStatusOf(el, status);
     const view = this.views.get(name);
     const section = view ? view.section : this.doc.querySelector(`section.step[data-step="${quoted}"]`);
-    if (section) {
-      section.dataset.status = status;
-      if (exitCode !== undefined && exitCode !== null) section.dataset.exitCode = String(exitCode);
+    if (section) section.dataset.status = status;
+    const exitCode = detail.exit_code;
+    if (exitCode !== undefined && exitCode !== null && section) section.dataset.exitCode = String(exitCode);
+    if (exitCode !== undefined) {
+      for (const el of all("data-step-exit")) {
+        el.hidden = !exitCode;
+        el.textContent = exitCode ? `exit ${exitCode}` : "";
+      }
     }
+    if (detail.started_at !== undefined) {
+      this.learnClock(detail.finished_at || detail.started_at);
+      for (const el of all("data-step-duration")) {
+        setTimes(el, detail.started_at, detail.finished_at);
+        el.textContent = this.elapsedText(el, detail.duration);
+      }
+    }
+    if (detail.error !== undefined) {
+      for (const el of all("data-step-error")) {
+        el.hidden = !detail.error;
+        el.classList.toggle("step-skip", status === "skipped");
+        el.textContent = detail.error ? `${status === "skipped" ? "Skipped: " : ""}${detail.error}` : "";
+      }
+    }
+    if (view && view.empty) view.empty.textContent = view.emptyText();
+  }
+
+  // --- Durations: the server's numbers, counted on each second while running ----
+
+  /** The text of a duration element: `seconds` when known, else counted from its
+   * data-started-at by this page's clock corrected by the server's (data-now). */
+  elapsedText(el, seconds) {
+    const started = el.dataset.startedAt;
+    if (!started) return "";
+    if (seconds === null || seconds === undefined) {
+      const end = el.dataset.finishedAt ? Date.parse(el.dataset.finishedAt) : Date.now() + this.skew;
+      seconds = (end - Date.parse(started)) / 1000;
+    }
+    return formatDuration(seconds);
+  }
+
+  /** The server's clock was at least at `iso` by now: a later page load or a message
+   * that took its time would otherwise make running durations lag. */
+  learnClock(iso) {
+    const at = Date.parse(iso || "");
+    if (!Number.isNaN(at)) this.skew = Math.max(this.skew, at - Date.now());
+  }
+
+  tick() {
+    const running = this.doc.querySelectorAll(".duration[data-started-at]:not([data-finished-at])");
+    for (const el of running) el.textContent = this.elapsedText(el);
+  }
+
+  // --- A failed build: what went wrong first --------------------------------
+
+  /** Open the failed steps, close those that passed or never ran, and bring the
+   * first failure into view (its log opens at its end). */
+  showFailure() {
+    let first = null;
+    for (const section of this.doc.querySelectorAll("section.step")) {
+      const details = section.querySelector("details");
+      if (!details) continue;
+      const failed = FAILED.has(section.dataset.status);
+      if (failed) first = first || section;
+      if (section.dataset.status === "success" || section.dataset.status === "skipped") details.open = false;
+      else if (failed) details.open = true;
+    }
+    if (first) first.scrollIntoView({ block: "start" });
   }
 
   setBuildStatus(status) {
     if (!status) return;
     const changed = this.build.dataset.status !== status;
+    if (changed && FAILED.has(status)) this.showFailure();
     this.build.dataset.status = status;
     for (const el of this.doc.querySelectorAll("[data-build-status]")) {
       el.dataset.buildStatus = status;
@@ -1074,12 +1177,27 @@ export class LogPage {
       return;
     }
     this.socket = socket;
+    let received = 0;
+    let ackTimer = null;
     socket.onopen = () => {
       if (socket !== this.socket) return;
       socket.send(JSON.stringify({ type: "resume", attempt: this.attempt, steps: this.held() }));
     };
     socket.onmessage = (event) => {
-      if (socket === this.socket) this.onMessage(event.data);
+      if (socket !== this.socket) return;
+      this.onMessage(event.data);
+      // Flow control (builds/consumers.py): the server sends more of the catch-up as
+      // it is acknowledged, and drops a socket that lets too much go unacknowledged.
+      // One ack for the messages that arrive together.
+      received++;
+      if (!ackTimer) {
+        ackTimer = setTimeout(() => {
+          ackTimer = null;
+          if (socket === this.socket && socket.readyState === 1) {
+            socket.send(JSON.stringify({ type: "ack", received }));
+          }
+        }, 0);
+      }
     };
     socket.onclose = (event) => {
       if (socket === this.socket) this.onClose(event.code);
@@ -1102,7 +1220,7 @@ export class LogPage {
         break;
       }
       case "step":
-        this.setStepStatus(message.step, message.status, message.exit_code);
+        this.setStepStatus(message.step, message.status, message);
         break;
       case "build":
         this.setBuildStatus(message.status);
@@ -1130,6 +1248,8 @@ export class LogPage {
       this.setState("unavailable");
       return;
     }
+    // 4429: this page read too slowly (a background tab, a slow link); like a network
+    // failure, it reconnects and resumes from the last line it holds.
     if (code === 4503) {
       this.setState("paused");
       this.startPolling();

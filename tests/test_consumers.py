@@ -3,6 +3,7 @@ the origin check, the session, the access check, the catch-up and the channel la
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,14 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from builds import services
-from builds.live import build_group
+from builds.live import Publisher, build_group
 from builds.models import Job, Status, Step
 from builds.routing import websocket_urlpatterns
+from runners.engine import Status as EngineStatus
+from runners.engine import StepResult
 from runners.queue import job_claim
-from tests.helpers import make_project, make_user
+from runners.reporting import BuildReporter
+from tests.helpers import make_project, make_user, pipeline
 from tests.queue_helpers import submit
 
 # Consumers read the database from other threads: their writes must be committed (P3).
@@ -33,6 +37,13 @@ steps:
   - {name: count, run: seq 3}
 """
 ORIGIN = b"http://localhost"
+NOT_STARTED = {
+    "exit_code": None,
+    "error": None,
+    "started_at": None,
+    "finished_at": None,
+    "duration": None,
+}
 TIMEOUT = 5
 
 
@@ -80,7 +91,7 @@ def make_world(hello_lines: int = 3) -> World:
 
 def communicator(world: World | None, cookie: str | None, origin: bytes = ORIGIN) -> Any:
     build_id = world.build_id if world is not None else 999999
-    headers = [(b"origin", origin)]
+    headers = [(b"origin", origin), (b"host", b"localhost")]
     if cookie is not None:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     return WebsocketCommunicator(application(), f"/ws/builds/{build_id}/", headers=headers)
@@ -127,10 +138,21 @@ async def test_the_owner_is_caught_up_from_the_line_it_holds_then_follows_live()
     connected, _ = await ws.connect(timeout=TIMEOUT)
     assert connected
     await ws.send_json_to({"type": "resume", "attempt": 1, "steps": {"hello": 1}})
-    assert await receive_until_caught_up(ws) == [
+    messages = await receive_until_caught_up(ws)
+    started = messages[1].pop("started_at")
+    assert started is not None
+    assert messages == [
         {"type": "lines", "step": "hello", "attempt": 1, "first": 2, "lines": ["line 2", "line 3"]},
-        {"type": "step", "step": "hello", "status": "running", "exit_code": None},
-        {"type": "step", "step": "count", "status": "queued", "exit_code": None},
+        {
+            "type": "step",
+            "step": "hello",
+            "status": "running",
+            "exit_code": None,
+            "error": None,
+            "finished_at": None,
+            "duration": None,
+        },
+        {"type": "step", **NOT_STARTED, "step": "count", "status": "queued"},
         {"type": "build", "status": "running"},
         {"type": "caught_up"},
     ]
@@ -257,3 +279,45 @@ async def test_without_a_channel_layer_the_client_is_told_to_poll(monkeypatch: A
     assert connected
     assert await ws.receive_json_from(timeout=TIMEOUT) == {"type": "paused"}
     assert await ws.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4503}
+
+
+async def test_the_worker_publishes_a_step_with_its_times_exit_code_and_skip_reason() -> None:
+    """The reporter's live "step" message is the row as stored, as the catch-up sends it:
+    the page shows durations, exit codes and skip reasons without a reload."""
+    world = await make_world()
+    ws = communicator(world, world.owner)
+    assert (await ws.connect(timeout=TIMEOUT))[0]
+    await ws.send_json_to({"type": "resume", "attempt": 1, "steps": {"hello": 3}})
+    await receive_until_caught_up(ws)
+    loop = asyncio.get_running_loop()
+
+    @sync_to_async
+    def report() -> None:
+        job = Job.objects.get(pk=world.job_id)
+        step_ids = dict(Step.objects.filter(job=job).values_list("name", "id"))
+        steps = {step.name: step for step in pipeline(TWO_STEPS).steps}
+        publisher = Publisher(loop)
+        reporter = BuildReporter(job, step_ids, publisher, on_lost=lambda: None)
+        reporter.started.add("hello")  # started by make_world
+        reporter.step_finished(steps["hello"], StepResult("hello", EngineStatus.FAILURE, 2))
+        reporter.step_finished(
+            steps["count"], StepResult("count", EngineStatus.SKIPPED, error="'hello' failed")
+        )
+        publisher.close()
+
+    await report()
+    hello = await ws.receive_json_from(timeout=TIMEOUT)
+    assert hello["status"] == "failure"
+    assert hello["exit_code"] == 2
+    assert hello["error"] is None
+    assert hello["started_at"] is not None
+    assert hello["finished_at"] is not None
+    assert hello["duration"] >= 0
+    assert await ws.receive_json_from(timeout=TIMEOUT) == {
+        "type": "step",
+        **NOT_STARTED,
+        "step": "count",
+        "status": "skipped",
+        "error": "'hello' failed",
+    }
+    await ws.disconnect()

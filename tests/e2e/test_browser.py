@@ -31,6 +31,19 @@ def submit(server: Server, slug: str, pipeline: str) -> int:
     return int(server.shell(code))
 
 
+def wait_until(page: Any, expression: str, timeout: float = 30000) -> None:
+    """Wait until a JavaScript expression is true on the page (`timeout` in ms).
+
+    Not page.wait_for_function: it compiles the expression with eval inside the page,
+    which the Content-Security-Policy refuses; page.evaluate goes through DevTools."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, (
+            f"still false after {timeout / 1000:.0f} s: {expression}"
+        )
+        time.sleep(0.05)
+
+
 def build_status(page: Any) -> str:
     return str(page.get_attribute("#build", "data-status"))
 
@@ -70,9 +83,7 @@ def test_run_a_pipeline_from_the_project_page_and_watch_it_live(
     page.wait_for_selector('section.step[data-step="slow"] .log .line', timeout=15000)
     assert page.get_attribute('section.step[data-step="slow"]', "data-status") == "running"
     # ...then the status turns to success without a reload.
-    page.wait_for_function(
-        "document.querySelector('#build').dataset.status === 'success'", timeout=20000
-    )
+    wait_until(page, "document.querySelector('#build').dataset.status === 'success'", timeout=20000)
     assert shown_lines(page, "slow") == [f"line {i}" for i in range(1, 11)]
     assert page.locator('section.step[data-step="slow"] .log .ansi-fg-2').count() >= 1
     # The header follows too: Cancel gives way to Rerun without a reload.
@@ -94,12 +105,10 @@ def test_a_forced_disconnect_resumes_with_every_line_exactly_once(
         "steps:\n  - name: talk\n    run: for i in $(seq 40); do echo n$i; sleep 0.1; done\n",
     )
     page.goto(f"/builds/{build}/")
-    page.wait_for_function("window.gociLog && window.gociLog.lastLine('talk') >= 5", timeout=15000)
+    wait_until(page, "window.gociLog && window.gociLog.lastLine('talk') >= 5", timeout=15000)
     page.evaluate("window.gociLog.forceDisconnect()")
-    page.wait_for_function(
-        "document.querySelector('#build').dataset.status === 'success'", timeout=30000
-    )
-    page.wait_for_function("window.gociLog.lastLine('talk') === 40", timeout=10000)
+    wait_until(page, "document.querySelector('#build').dataset.status === 'success'", timeout=30000)
+    wait_until(page, "window.gociLog.lastLine('talk') === 40", timeout=10000)
     assert shown_lines(page, "talk") == [f"n{i}" for i in range(1, 41)]
 
 
@@ -119,10 +128,8 @@ def test_log_lines_never_become_elements(admin_page: Any, server: Server) -> Non
     )
     build = submit(server, "xss", pipeline)
     page.goto(f"/builds/{build}/")
-    page.wait_for_function(
-        "document.querySelector('#build').dataset.status === 'success'", timeout=20000
-    )
-    page.wait_for_function("window.gociLog.lastLine('evil') === 4", timeout=10000)
+    wait_until(page, "document.querySelector('#build').dataset.status === 'success'", timeout=20000)
+    wait_until(page, "window.gociLog.lastLine('evil') === 4", timeout=10000)
     log = page.locator('section.step[data-step="evil"] .log')
     assert log.locator("script, img").count() == 0
     assert page.evaluate("window.pwned") is None
@@ -146,7 +153,8 @@ def test_a_100000_line_log_opens_and_scrolls_to_the_end(admin_page: Any, server:
         time.sleep(0.5)
     began = time.monotonic()
     page.goto(f"/builds/{build}/")
-    page.wait_for_function(
+    wait_until(
+        page,
         "[...document.querySelectorAll('section.step[data-step=\"loud\"] .log .line .text')]"
         ".some(e => e.textContent === '100000')",
         timeout=15000,
@@ -155,7 +163,8 @@ def test_a_100000_line_log_opens_and_scrolls_to_the_end(admin_page: Any, server:
     # Only what is near the viewport is in the page.
     assert len(shown_lines(page, "loud")) < 2000
     page.locator('section.step[data-step="loud"] .log').evaluate("el => el.scrollTop = 0")
-    page.wait_for_function(
+    wait_until(
+        page,
         "[...document.querySelectorAll('section.step[data-step=\"loud\"] .log .line .text')]"
         ".some(e => e.textContent === '1')",
         timeout=15000,
@@ -191,10 +200,10 @@ def test_cancel_a_running_build_then_rerun_it_from_the_page(
     make_project(server, "stoppable")
     build = submit(server, "stoppable", "steps:\n  - name: long\n    run: echo go; sleep 60\n")
     page.goto(f"/builds/{build}/")
-    page.wait_for_function("window.gociLog && window.gociLog.lastLine('long') >= 1", timeout=15000)
+    wait_until(page, "window.gociLog && window.gociLog.lastLine('long') >= 1", timeout=15000)
     page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
-    page.wait_for_function(
-        "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
+    wait_until(
+        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
     )
     assert page.get_attribute('section.step[data-step="long"]', "data-status") == "canceled"
     page.wait_for_selector('#build-header [hx-post$="/rerun"]', timeout=10000)

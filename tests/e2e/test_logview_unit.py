@@ -709,3 +709,94 @@ def test_paused_live_updates_poll_the_database_until_reconnected(tab: Any, site:
     server_send(tab, {"type": "paused"})
     site.build_status = "success"
     tab.wait_for_function("window.gociLog.state === 'finished'", timeout=5000)
+
+
+def test_messages_are_acknowledged_as_they_arrive(tab: Any, site: FakeSite) -> None:
+    open_live(tab, site, count=10)
+    # Three in one go: one ack for the three.
+    batch = [json.loads(lines_message(11 + i, 1)) for i in range(3)]
+    tab.evaluate(f"for (const m of {json.dumps(batch)}) FakeWebSocket.last.serverSend(m)")
+    tab.wait_for_function("FakeWebSocket.last.sent.length === 2")
+    server_send(tab, {"type": "caught_up"})
+    tab.wait_for_function("FakeWebSocket.last.sent.length === 3")
+    assert sockets(tab)[-1]["sent"][1:] == [
+        {"type": "ack", "received": 3},
+        {"type": "ack", "received": 4},
+    ]
+
+
+def test_a_socket_closed_for_reading_too_slowly_resumes_from_the_last_line(
+    tab: Any, site: FakeSite
+) -> None:
+    open_live(tab, site, count=10)
+    site.steps[3].totals[1] = 14
+    server_send(tab, lines_message(11, 4))
+    wait_for_line(tab, 14)
+    tab.evaluate("FakeWebSocket.last.serverClose(4429)")
+    assert tab.evaluate("window.gociLog.state") == "reconnecting"
+    tab.wait_for_function("FakeWebSocket.instances.length === 2 && FakeWebSocket.last.sent.length")
+    assert sockets(tab)[-1]["sent"][0]["steps"] == {"Build": 3, "Test": 14}
+
+
+def test_a_step_message_shows_its_duration_exit_code_and_skip_reason(
+    tab: Any, site: FakeSite
+) -> None:
+    open_live(tab, site, count=0)
+    started = tab.evaluate("new Date(Date.now() - 65_000).toISOString()")
+    server_send(tab, {"type": "step", "step": "Test", "status": "running", "started_at": started})
+    duration = "document.querySelector('[data-step-duration=Test]').textContent"
+    assert tab.evaluate(duration) == "1m 05s"
+    tab.wait_for_function(f"{duration} === '1m 06s'", timeout=2500)  # it ticks
+    server_send(
+        tab,
+        {
+            "type": "step",
+            "step": "Test",
+            "status": "failure",
+            "exit_code": 2,
+            "error": None,
+            "started_at": started,
+            "finished_at": tab.evaluate("new Date().toISOString()"),
+            "duration": 70.4,
+        },
+    )
+    assert tab.evaluate(duration) == "1m 10s"
+    tab.wait_for_timeout(1200)
+    assert tab.evaluate(duration) == "1m 10s"  # finished: it stops
+    exit_code = "document.querySelector('[data-step-exit=Test]')"
+    assert tab.evaluate(f"[{exit_code}.hidden, {exit_code}.textContent]") == [False, "exit 2"]
+    server_send(
+        tab,
+        {
+            "type": "step",
+            "step": "Test",
+            "status": "skipped",
+            "exit_code": None,
+            "error": "'Build' failed",
+            "started_at": None,
+            "finished_at": None,
+            "duration": None,
+        },
+    )
+    reason = "document.querySelector('[data-step-error=Test]')"
+    assert tab.evaluate(f"[{reason}.hidden, {reason}.textContent]") == [
+        False,
+        "Skipped: 'Build' failed",
+    ]
+    assert tab.evaluate(f"{exit_code}.hidden") is True
+    assert tab.evaluate(duration) == ""
+    assert (
+        tab.evaluate("document.querySelector('#s3 .logview-empty').textContent")
+        == "No output: this step was skipped."
+    )
+
+
+def test_durations_read_as_the_server_writes_them(tab: Any, site: FakeSite) -> None:
+    open_fixture(tab, site, bare=1)
+    shown = tab.evaluate(
+        """async () => {
+            const { formatDuration } = await window.logview;
+            return [0, 0.5, 1, 59.9, 61, 3599, 3600, 7325].map(formatDuration);
+        }"""
+    )
+    assert shown == ["<1s", "<1s", "1s", "59s", "1m 01s", "59m 59s", "1h 00m", "2h 02m"]
