@@ -16,7 +16,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
 from whitenoise.middleware import WhiteNoiseMiddleware  # noqa: E402
 
 from builds.routing import websocket_urlpatterns  # noqa: E402
@@ -77,11 +78,41 @@ class StaticFiles:
         await send({"type": "http.response.body", "body": b""})
 
 
+def allowed_origins(scope: Scope) -> list[str]:
+    """The one origin a socket may come from: GOCI_PUBLIC_URL, or else the page's own.
+
+    Scheme, host and port all count (channels' AllowedHostsOriginValidator ignores the
+    port, so any other service on the same host could open sockets with the user's
+    cookies). The Host header is checked against ALLOWED_HOSTS, as Django checks it for
+    HTTP, so a rebound DNS name cannot make itself "same origin".
+    """
+    if settings.GOCI_PUBLIC_URL:
+        return [settings.GOCI_PUBLIC_URL]
+    headers = dict(scope.get("headers", []))
+    host = headers.get(b"host", b"").decode("latin-1")
+    domain, _port = split_domain_port(host)
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return []
+    scheme = scope.get("scheme", "ws")
+    if settings.GOCI_BEHIND_PROXY and b"x-forwarded-proto" in headers:
+        scheme = headers[b"x-forwarded-proto"].decode("latin-1").strip().lower()
+    return [f"{'https' if scheme in ('wss', 'https') else 'http'}://{host}"]
+
+
+class SameOriginValidator:
+    """Refuses (before accept) a WebSocket whose Origin is not allowed_origins(scope)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        validator = OriginValidator(self.app, allowed_origins(scope))
+        await validator(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
         "http": StaticFiles(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

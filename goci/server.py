@@ -35,6 +35,7 @@ from django.db import DatabaseError
 from twisted.internet import reactor
 
 from builds import live
+from goci.public import absolute_url
 
 EXIT_OK, EXIT_FAILED = 0, 1
 # How long past GOCI_SHUTDOWN_GRACE to wait for the worker before exiting without it.
@@ -95,6 +96,9 @@ class Embedded:
         self.task.add_done_callback(self.worker_done)
         host, port = self.server.listening_addresses[0]
         address = url(host, port)
+        if settings.GOCI_PUBLIC_URL:  # behind a proxy: the address people open
+            say(f"\nGoci is listening on {address}; people open {absolute_url('/')}")
+            address = absolute_url("/")
         say(f"\nGoci is running at {address}  (Ctrl-C stops it)")
         say(f"Sign in at {address} {self.login} (operators: {address}admin/).")
         if host in ANY_ADDRESS:
@@ -163,7 +167,7 @@ def ensure_admin() -> str:
     if users.objects.filter(username=ADMIN).exists():
         complain(
             f"no admin exists and the name {ADMIN!r} is taken: "
-            "create one with `python manage.py createsuperuser`"
+            "create one with `goci user add NAME --admin`"
         )
         return "once you have created an admin"
     password = secrets.token_urlsafe(16)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 import django_stubs_ext
@@ -55,6 +57,34 @@ def env_secret(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def env_public_url(name: str) -> str:
+    """An http(s) origin (scheme, host, optional port) without a trailing slash, or ""."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    ):
+        # Django would otherwise answer every request 400 (host) or 403 (CSRF).
+        raise ValueError(
+            f"{name} must be the address people open, like https://ci.example.com or "
+            f"http://ci.internal:8000 (http or https, a host, an optional port, no path), "
+            f"not {value!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
 def embedded_secret_key(data_dir: Path) -> str:
     """The embedded default keeps a generated key beside its SQLite database.
 
@@ -75,6 +105,39 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 GOCI_DATA_DIR = Path(os.environ.get("GOCI_DATA_DIR", BASE_DIR / "var")).resolve()
 SECRET_KEY = env_secret("SECRET_KEY", "") or embedded_secret_key(GOCI_DATA_DIR)
 
+# Production behind a TLS proxy (docs/deploy.md). GOCI_PUBLIC_URL is the address people
+# open; goci.public.absolute_url() writes links with it.
+GOCI_PUBLIC_URL = env_public_url("GOCI_PUBLIC_URL")
+# Only a proxy that overwrites these headers may be trusted with them: a client reaching
+# Goci directly could claim https or any address.
+GOCI_BEHIND_PROXY = env_bool("GOCI_BEHIND_PROXY", False)
+if GOCI_BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The proxy may pass its own upstream Host (127.0.0.1:8000): CSRF then needs the
+# public origin spelled out, as the browser's Origin header names it.
+CSRF_TRUSTED_ORIGINS = [GOCI_PUBLIC_URL] if GOCI_PUBLIC_URL else []
+SILENCED_SYSTEM_CHECKS: list[str] = []
+if GOCI_PUBLIC_URL:
+    _public_host = urlsplit(GOCI_PUBLIC_URL).hostname or ""
+    _public_host = f"[{_public_host}]" if ":" in _public_host else _public_host
+    if _public_host not in ALLOWED_HOSTS:
+        ALLOWED_HOSTS.append(_public_host)
+if GOCI_PUBLIC_URL.startswith("https://"):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("GOCI_HSTS_SECONDS", 365 * 24 * 3600)
+    # HSTS from ci.example.com covers only its own subdomains, never example.com's others.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Preloading is for registrable domains submitted to the browsers' list, which a
+    # CI server's name (a subdomain) is not; the header alone would change nothing.
+    SILENCED_SYSTEM_CHECKS.append("security.W021")
+    if GOCI_BEHIND_PROXY:
+        SECURE_SSL_REDIRECT = True
+    else:
+        # Without the proxy's X-Forwarded-Proto every request looks like http, so a
+        # redirect to https would loop; the TLS proxy redirects http itself.
+        SILENCED_SYSTEM_CHECKS.append("security.W008")
+
 INSTALLED_APPS = [
     "daphne",  # before staticfiles: its runserver serves WebSockets too
     "goci.admin.GociAdminConfig",  # django.contrib.admin, for superusers only
@@ -87,6 +150,7 @@ INSTALLED_APPS = [
     "django_htmx",
     # Its default app config wraps the template loaders so "page.html#partial" resolves.
     "template_partials",
+    "axes",  # sign-in throttling: failures counted in the database, shared by every process
     "ninja",  # in INSTALLED_APPS so /api/docs serves its own Swagger files, not a CDN's
     "goci",
     "builds",
@@ -103,6 +167,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",  # request.htmx: one URL serves page or fragment
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "goci.middleware.ContentSecurityPolicy",
+    # Last, as axes requires: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "goci.urls"
@@ -177,6 +244,39 @@ GOCI_DEFAULT_IMAGE = os.environ.get("GOCI_DEFAULT_IMAGE", "").strip()
 LOGIN_URL = "builds:login"  # /login/, routed in builds/urls.py with the dashboard
 LOGIN_REDIRECT_URL = "builds:dashboard"
 LOGOUT_REDIRECT_URL = "builds:login"
+
+# Sign-in throttling (django-axes): after GOCI_LOGIN_FAILURE_LIMIT failures for one
+# username (from anywhere), or from one client address (for any usernames), sign-in is
+# refused for GOCI_LOGIN_COOLOFF_MINUTES, even with the right password.
+AUTHENTICATION_BACKENDS = [
+    "goci.middleware.SignInThrottle",  # first: refuses before a password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "goci.middleware.SignInFailures"
+AXES_FAILURE_LIMIT = env_int("GOCI_LOGIN_FAILURE_LIMIT", 10)
+_cooloff_minutes = env_int("GOCI_LOGIN_COOLOFF_MINUTES", 15)
+# 0 would lock everyone out at once (limit) or for ever (axes reads no cooloff as permanent).
+if AXES_FAILURE_LIMIT < 1 or _cooloff_minutes < 1:
+    raise ValueError("GOCI_LOGIN_FAILURE_LIMIT and GOCI_LOGIN_COOLOFF_MINUTES must be 1 or more")
+AXES_COOLOFF_TIME = timedelta(minutes=_cooloff_minutes)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own, not the pair
+AXES_RESET_ON_SUCCESS = True  # forgets that username's failures only (SignInFailures)
+# Tries while locked out do not push the retry time the page promised further away.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_CLIENT_IP_CALLABLE = "goci.public.client_address"
+AXES_LOCKOUT_CALLABLE = "goci.middleware.signin_locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # no start-up banner from every process (CLI commands too)
+
+# Argon2 for new passwords; the others still verify older hashes, which Django
+# re-hashes with Argon2 at the next successful sign-in.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

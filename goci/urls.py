@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic.base import RedirectView
 
 from builds import api
 
@@ -10,5 +12,8 @@ urlpatterns = [
     path("api/", api.urls()),
     # After the API's own routes: every other /api/ URL answers in JSON too.
     re_path(r"^api/", api.not_found),
+    # Browsers and feed readers ask for /favicon.ico whatever the page links. Not a
+    # permanent redirect: the static file's URL may change (a hashed name).
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"))),
     path("", include("builds.urls")),
 ]
