@@ -1,23 +1,30 @@
-"""The `goci` command: run and validate pipelines on this machine.
+"""The `goci` command: run and validate pipelines on this machine; serve them (`goci up`,
+`goci worker`) and manage the server's users and tokens.
 
 Exit codes of `goci run`: 0 all steps succeeded (allowed failures included), 1 a step
 failed, timed out or could not run, 2 the pipeline or the command line is invalid
 (nothing ran), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 
-This module imports no Django: `goci run` needs no database and no server.
+This module imports no Django at the top: `goci run` needs no database and no server;
+the server's commands set Django up when they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import json
 import os
+import platform
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -29,7 +36,8 @@ from runners.executors.local import LocalExecutor
 from runners.lines import DEFAULT_LOG_CAP, format_size
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-DEFAULT_FILE = ".goci.yml"
+# Looked for in this order when no file is named; .yml first, as Goci has always used it.
+DEFAULT_FILES = (".goci.yml", ".goci.yaml")
 MAX_PREFIX = 24
 
 # Step prefixes cycle through these (like docker compose); statuses have fixed colours.
@@ -205,11 +213,26 @@ def git_branch(directory: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def pipeline_file(given: str | None, command: str) -> str:
+    """The file named on the command line, or else the default one found here."""
+    if given is not None:
+        return given
+    found = [name for name in DEFAULT_FILES if Path(name).exists()]
+    if not found:
+        raise UsageError(
+            f"no pipeline file ({' or '.join(DEFAULT_FILES)}) in {Path.cwd()}; "
+            f"pass a file: goci {command} path/to/pipeline.yml"
+        )
+    if len(found) > 1:
+        # Like docker compose with compose.yaml and compose.yml: use one, say which.
+        print(f"goci: both {' and '.join(found)} exist here; using {found[0]}", file=sys.stderr)
+    return found[0]
+
+
 def read_pipeline(file: str) -> Pipeline:
     path = Path(file)
     if not path.exists():
-        hint = " (pass a file: goci run path/to/pipeline.yml)" if file == DEFAULT_FILE else ""
-        raise UsageError(f"no pipeline file {file!r} in {Path.cwd()}{hint}")
+        raise UsageError(f"no pipeline file {file!r} in {Path.cwd()}")
     if not path.is_file():
         raise UsageError(f"{file!r} is not a file")
     return load_file(path)
@@ -226,6 +249,7 @@ def docker_executor(workspace: Path) -> Executor:
 
 def cmd_run(args: argparse.Namespace) -> int:
     env = parse_env(args.env)
+    args.file = pipeline_file(args.file, "run")
     pipeline = read_pipeline(args.file)
     workspace = Path(args.file).resolve().parent
     needs_docker = any(step.image for step in pipeline.steps)
@@ -265,6 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    args.file = pipeline_file(args.file, "validate")
     pipeline = read_pipeline(args.file)
     count = len(pipeline.steps)
     print(f"{args.file}: valid, {count} step{'s' if count != 1 else ''}")
@@ -273,6 +298,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def goci_version() -> str:
+    """The installed version; from a checkout that was never installed, pyproject's."""
+    try:
+        return importlib.metadata.version("goci")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        with pyproject.open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"goci {goci_version()}")
+    print(f"Python {platform.python_version()}")
+    print(f"Django {importlib.metadata.version('django')}")
     return EXIT_OK
 
 
@@ -320,10 +362,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
     user = get_user_model().objects.filter(username=args.user).first()
     if user is None:
-        raise UsageError(
-            f"no user {args.user!r}: create one with `python manage.py createsuperuser` "
-            "or in the admin"
-        )
+        raise UsageError(f"no user {args.user!r}: create one with `goci user add {args.user}`")
     _, secret = token_create(user=user, name=args.name)
     print(secret)
     print(
@@ -333,26 +372,168 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def server_database() -> Iterator[None]:
+    """Django set up for a command on the server's data, and a database that cannot be
+    used (a data directory `goci up` never started on, PostgreSQL down) said plainly."""
+    setup_django()
+    from django.db import DatabaseError  # noqa: PLC0415
+
+    try:
+        yield
+    except DatabaseError as exc:
+        raise UsageError(
+            f"cannot use the database: {exc} (a new data directory gets its tables on the "
+            "first `goci up`, or with `python manage.py migrate`)"
+        ) from None
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    with server_database():
+        from django.contrib.auth import get_user_model, password_validation  # noqa: PLC0415
+        from django.core.exceptions import ValidationError  # noqa: PLC0415
+        from django.db import IntegrityError  # noqa: PLC0415
+
+        users = get_user_model()
+        name = users.normalize_username(args.name)
+        taken = f"the name {name!r} is taken (`goci user list` shows every user)"
+        if users.objects.filter(username=name).exists():
+            raise UsageError(taken)
+        user = users(username=name, is_staff=args.admin, is_superuser=args.admin)
+        try:
+            user.full_clean(exclude=["password"])
+        except ValidationError as exc:
+            raise UsageError(f"{name!r} cannot be a username: {' '.join(exc.messages)}") from None
+        if args.password_stdin:
+            # One trailing newline is echo's or the file's, not the password's.
+            password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+            if not password:
+                raise UsageError(
+                    "the password on stdin is empty: pipe one in, or leave out "
+                    "--password-stdin to have one generated"
+                )
+            try:
+                password_validation.validate_password(password, user)
+            except ValidationError as exc:
+                problems = "".join(f"\n  - {message}" for message in exc.messages)
+                raise UsageError(f"the password is refused; choose another:{problems}") from None
+        else:
+            password = secrets.token_urlsafe(16)
+        user.set_password(password)
+        try:
+            user.save()
+        except IntegrityError:  # added by someone else since full_clean()
+            raise UsageError(taken) from None
+    what = "admin" if args.admin else "user"
+    if args.password_stdin:
+        print(f"Created the {what} {name!r}.")
+    else:
+        print(f"Created the {what} {name!r} with the password: {password}")
+        print("It is shown only this once: keep it.", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    with server_database():
+        from django.contrib.auth import get_user_model  # noqa: PLC0415
+        from django.db.models import Count  # noqa: PLC0415
+
+        users = list(
+            get_user_model()
+            .objects.annotate(project_count=Count("membership"))
+            .order_by("username")
+        )
+    if not users:
+        print("No users yet: create one with `goci user add NAME`.")
+        return EXIT_OK
+    rows = [("USERNAME", "ADMIN", "ACTIVE", "PROJECTS", "LAST LOGIN")]
+    for user in users:
+        last = user.last_login.strftime("%Y-%m-%d %H:%M UTC") if user.last_login else "never"
+        rows.append(
+            (
+                user.get_username(),
+                "yes" if user.is_superuser else "no",
+                "yes" if user.is_active else "no",
+                str(user.project_count),
+                last,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join(_row(row, widths) for row in rows))
+    return EXIT_OK
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    with server_database():
+        from django.contrib.auth import get_user_model  # noqa: PLC0415
+
+        from builds import services  # noqa: PLC0415
+
+        user = get_user_model().objects.filter(username=args.name).first()
+        if user is None:
+            raise UsageError(f"no user {args.name!r} (`goci user list` shows every user)")
+        try:
+            deleted = services.user_delete(user=user, with_projects=args.force)
+        except services.InvalidRequest as exc:
+            raise UsageError(str(exc)) from None
+    slugs = ", ".join(deleted)
+    print(f"Deleted the user {args.name!r}" + (f" and the projects {slugs}." if deleted else "."))
+    return EXIT_OK
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from goci.server import up  # noqa: PLC0415  (sets Django up and reports bad settings)
 
     return up(host=args.host, port=args.port, workers=args.workers)
 
 
+UP_DESCRIPTION = """\
+Serve Goci from this one process: the dashboard, the REST API and the live logs
+(daphne), and a worker that runs the queued builds.
+
+Without DATABASE_URL the data lives in GOCI_DATA_DIR (default: var/ beside the code):
+the SQLite database, a generated secret key, the collected static files and the build
+workspaces. Each start applies the database migrations first. On the first start, with
+no admin yet, it asks for one on a terminal, or else creates the user `admin` and
+prints its password once. Ctrl-C or SIGTERM stops it: running jobs get
+GOCI_SHUTDOWN_GRACE seconds (default 30) to finish."""
+
+UP_ENVIRONMENT = """\
+environment:
+  GOCI_DATA_DIR       where the embedded default keeps its data (default: var/)
+  GOCI_HOST_STEPS     deny (default): a step without `image:` is refused, or runs in
+                      GOCI_DEFAULT_IMAGE when that is set; allow: it runs on this machine
+                      with this server's rights, for every user who can run builds
+  GOCI_DEFAULT_IMAGE  the image for steps without one when GOCI_HOST_STEPS=deny
+  DATABASE_URL        postgres://user:password@host:5432/name instead of SQLite
+  REDIS_URL           redis://host:6379/0, for live logs from workers in other processes
+  GOCI_PUBLIC_URL     the address people open (https://ci.example.com): the allowed
+                      host, trusted origin and links; https turns on secure cookies
+  SECRET_KEY          signs sessions (default: generated once into GOCI_DATA_DIR)
+More settings: docs/deploy.md."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="goci", description="Goci: run YAML pipelines on this machine."
+        prog="goci",
+        description="Goci: run YAML pipelines on this machine, or serve them to a team.",
+        epilog="`goci COMMAND --help` explains a command and its options.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"goci {goci_version()}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    file_help = f"the pipeline file (default: {' or else '.join(DEFAULT_FILES)}, here)"
 
     run = commands.add_parser(
         "run",
         help="run a pipeline here",
-        description="Run a pipeline on this machine, in the directory of the pipeline file.",
+        description="Run a pipeline on this machine, in the directory of the pipeline file. "
+        f"Without FILE, {DEFAULT_FILES[0]} is used, or else {DEFAULT_FILES[1]}.",
         epilog="Exit codes: 0 success, 1 a step failed, 2 invalid pipeline or usage, "
         "130 interrupted.",
     )
-    run.add_argument("file", nargs="?", default=DEFAULT_FILE, help=f"default {DEFAULT_FILE}")
+    run.add_argument("file", nargs="?", metavar="FILE", help=file_help)
     run.add_argument(
         "--env",
         action="append",
@@ -377,38 +558,112 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
 
-    validate = commands.add_parser("validate", help="check a pipeline file and print every error")
-    validate.add_argument("file", nargs="?", default=DEFAULT_FILE, help=f"default {DEFAULT_FILE}")
+    validate = commands.add_parser(
+        "validate",
+        help="check a pipeline file and print every error",
+        description="Check a pipeline file; print every problem as file:line:column. "
+        "Exit 0 if it is valid, 2 if not.",
+    )
+    validate.add_argument("file", nargs="?", metavar="FILE", help=file_help)
     validate.set_defaults(handler=cmd_validate)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the pipeline format")
     schema.set_defaults(handler=cmd_schema)
 
+    version = commands.add_parser("version", help="print the versions of Goci, Python and Django")
+    version.set_defaults(handler=cmd_version)
+
     worker = commands.add_parser(
-        "worker", help="run queued builds (same as `python manage.py worker`)"
+        "worker",
+        help="run queued builds (same as `python manage.py worker`)",
+        description="Claim queued builds from the server's database and run them. Needs "
+        "the server's settings (DATABASE_URL, REDIS_URL, SECRET_KEY); steps without "
+        "`image:` follow GOCI_HOST_STEPS, as under `goci up`.",
     )
-    worker.add_argument("--concurrency", type=positive_int, default=1, metavar="N")
+    worker.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run up to N jobs at once (default 1)",
+    )
     worker.add_argument("--name", help="this worker's name (default: host-pid)")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     worker.set_defaults(handler=cmd_worker)
 
     up = commands.add_parser(
-        "up", help="serve Goci: web, API and an in-process worker, on the embedded default"
+        "up",
+        help="serve Goci: web, API and an in-process worker, on the embedded default",
+        description=UP_DESCRIPTION,
+        epilog=UP_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=positive_int, default=8000)
     up.add_argument(
-        "--workers", type=positive_int, default=2, metavar="N", help="jobs at once (default 2)"
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1, this machine only; "
+        "0.0.0.0 for every interface, then add the name to ALLOWED_HOSTS)",
+    )
+    up.add_argument(
+        "--port", type=positive_int, default=8000, help="the port to listen on (default 8000)"
+    )
+    up.add_argument(
+        "--workers",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="how many builds the in-process worker runs at once (default 2)",
     )
     up.set_defaults(handler=cmd_up)
+
+    user = commands.add_parser("user", help="manage the server's users")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
+    user_add = user_sub.add_parser(
+        "add",
+        help="create a user who can sign in and get API tokens",
+        description="Create a user. The password is generated and printed once, or read "
+        "from stdin with --password-stdin (checked by the server's password rules).",
+    )
+    user_add.add_argument("name", metavar="NAME", help="the username (letters, digits, @.+-_)")
+    user_add.add_argument(
+        "--admin", action="store_true", help="a superuser: may use the admin at /admin/"
+    )
+    user_add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin instead of generating one",
+    )
+    user_add.set_defaults(handler=cmd_user_add)
+    user_list = user_sub.add_parser(
+        "list", help="show every user: admin, active, projects, last sign-in"
+    )
+    user_list.set_defaults(handler=cmd_user_list)
+    user_delete = user_sub.add_parser(
+        "delete",
+        help="delete a user, their memberships and API tokens",
+        description="Delete a user with their memberships and API tokens; their builds "
+        "stay. A user who is the only owner of a project is refused unless --force.",
+    )
+    user_delete.add_argument("name", metavar="NAME", help="the username")
+    user_delete.add_argument(
+        "--force",
+        action="store_true",
+        help="also delete the projects this user alone owns, with their builds",
+    )
+    user_delete.set_defaults(handler=cmd_user_delete)
 
     token = commands.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
     token_create = token_sub.add_parser(
-        "create", help="create a personal API token and print it once"
+        "create",
+        help="create a personal API token and print it once",
+        description="Create a personal API token for a user and print it on stdout, once; "
+        "only its hash is kept. Send it as `Authorization: Bearer <token>`.",
     )
     token_create.add_argument("--user", required=True, help="the user the token acts as")
-    token_create.add_argument("--name", default="cli", help="a name to recognise it by")
+    token_create.add_argument(
+        "--name", default="cli", help="a name to recognise it by (default: cli)"
+    )
     token_create.set_defaults(handler=cmd_token_create)
 
     docker_cmd = commands.add_parser("docker", help="manage what Goci created in Docker")

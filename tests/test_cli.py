@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import pty
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import django
 import pytest
 
+from goci.cli import build_parser
 from tests.helpers import REPO, goci, peak_rss_mb, processes_matching, write_pipeline
 
 SMALLEST = """\
@@ -115,11 +120,42 @@ def test_an_invalid_pipeline_exits_2_with_every_problem_and_runs_nothing(tmp_pat
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_missing_pipeline_file_exits_2_with_a_hint(tmp_path: Path) -> None:
+def test_a_missing_pipeline_file_exits_2_naming_both_default_names(tmp_path: Path) -> None:
     done = goci("run", cwd=tmp_path)
     assert done.returncode == 2
-    assert "goci: no pipeline file '.goci.yml' in" in done.stderr
+    assert f"goci: no pipeline file (.goci.yml or .goci.yaml) in {tmp_path}" in done.stderr
     assert "pass a file: goci run path/to/pipeline.yml" in done.stderr
+    done = goci("validate", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "pass a file: goci validate path/to/pipeline.yml" in done.stderr
+
+
+def test_run_and_validate_find_a_goci_yaml(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "steps: [{name: Only, run: echo from yaml}]", ".goci.yaml")
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Only | from yaml" in done.stdout
+    assert done.stderr == ""
+    done = goci("validate", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, ".goci.yaml: valid, 1 step\n")
+
+
+def test_with_both_default_files_goci_yml_is_used_and_named(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "steps: [{name: Yml, run: echo from yml}]", ".goci.yml")
+    write_pipeline(tmp_path, "steps: [{name: Yaml, run: echo from yaml}]", ".goci.yaml")
+    done = goci("run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Yml | from yml" in done.stdout
+    assert "from yaml" not in done.stdout
+    assert "goci: both .goci.yml and .goci.yaml exist here; using .goci.yml" in done.stderr
+
+
+def test_an_invalid_goci_yaml_is_reported_under_its_own_name(tmp_path: Path) -> None:
+    write_pipeline(tmp_path, "steps: [{rnu: x}]", ".goci.yaml")
+    done = goci("validate", cwd=tmp_path)
+    assert done.returncode == 2
+    assert ".goci.yaml:1:10: steps[0]: unknown key 'rnu'" in done.stderr
+    assert "goci: 2 problems in .goci.yaml" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -271,6 +307,58 @@ def test_schema_prints_a_json_schema(tmp_path: Path) -> None:
     schema = json.loads(done.stdout)
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert "steps" in schema["properties"]
+
+
+def project_version() -> str:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
+
+
+def test_version_flag_prints_the_project_version(tmp_path: Path) -> None:
+    done = goci("--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"goci {project_version()}\n")
+
+
+def test_version_command_adds_python_and_django(tmp_path: Path) -> None:
+    done = goci("version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"goci {project_version()}",
+        f"Python {platform.python_version()}",
+        f"Django {django.get_version()}",
+    ]
+
+
+def test_up_help_explains_every_flag_and_the_settings_that_matter(tmp_path: Path) -> None:
+    done = goci("up", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines where it likes
+    for flag in ("--host HOST the address to listen on", "--port PORT", "--workers N"):
+        assert flag in text
+    assert "SQLite database" in text
+    assert "a worker that runs the queued builds" in text
+    assert "creates the user `admin` and prints its password once" in text
+    for name in ("GOCI_DATA_DIR", "GOCI_HOST_STEPS", "DATABASE_URL", "REDIS_URL"):
+        assert f"\n  {name}" in done.stdout
+    assert "GOCI_PUBLIC_URL the address people open" in text
+
+
+def test_every_command_and_option_has_help() -> None:
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action._choices_actions:
+                    if not command.help:
+                        missing.append(f"{path} {command.dest}")
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "goci")
+    assert missing == []
 
 
 def test_the_goci_console_command_is_installed() -> None:

@@ -1,13 +1,17 @@
-"""The server-side commands as an operator types them: goci token create, goci worker."""
+"""The server-side commands as an operator types them: goci token create, goci worker;
+and the test session itself, which must not depend on what `make up` left in var/."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
+from tests.data_dir import PREFIX
 from tests.helpers import REPO
 from tests.test_up import embedded_env, manage
 
@@ -53,9 +57,7 @@ def test_token_create_prints_a_token_once_that_authenticates(data_dir: Path) -> 
 def test_token_create_for_an_unknown_user_says_how_to_make_one(data_dir: Path) -> None:
     done = run(data_dir, "token", "create", "--user", "nobody")
     assert done.returncode == 2
-    assert "goci: no user 'nobody': create one with `python manage.py createsuperuser`" in (
-        done.stderr
-    )
+    assert "goci: no user 'nobody': create one with `goci user add nobody`" in done.stderr
 
 
 def test_worker_refuses_a_concurrency_below_1(data_dir: Path) -> None:
@@ -68,3 +70,17 @@ def test_worker_once_with_an_empty_queue_says_so(data_dir: Path) -> None:
     done = run(data_dir, "worker", "--once")
     assert done.returncode == 0, done.stderr
     assert "no job was queued" in done.stdout
+
+
+def test_the_test_session_keeps_its_data_out_of_the_checkout() -> None:
+    # `make up` leaves a database, a secret key and collected static files in var/: the
+    # tests must neither read them nor write there (tests/data_dir.py).
+    data_dir = settings.GOCI_DATA_DIR
+    assert data_dir.name.startswith(PREFIX)
+    assert not data_dir.is_relative_to(REPO)
+    assert os.environ["GOCI_DATA_DIR"] == str(data_dir)  # for the processes tests start
+    assert Path(settings.STATIC_ROOT).is_relative_to(data_dir)
+    if "GOCI_WORKSPACE_ROOT" not in os.environ:
+        assert Path(settings.GOCI_WORKSPACE_ROOT).is_relative_to(data_dir)
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        assert Path(settings.DATABASES["default"]["TEST"]["NAME"]).is_relative_to(data_dir)
