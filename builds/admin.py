@@ -13,7 +13,6 @@ from builds import services
 from builds.models import ApiToken, Build, Job, LogChunk, Membership, Project, Step
 
 
-
 class MembershipInline(admin.TabularInline[Membership, Project]):
     model = Membership
     extra = 0
