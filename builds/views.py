@@ -310,7 +310,9 @@ def build_detail(request: HttpRequest, build_id: int) -> HttpResponse:
 @require_POST
 @_denied_as_403
 def build_cancel(request: HttpRequest, build_id: int) -> HttpResponse:
-    build = services.build_cancel(build=_build_or_404(request, build_id, access.RUN))
+    found = _build_or_404(request, build_id, access.RUN)
+    build = services.build_cancel(build=found)
+    build.project.role = found.project.role  # type: ignore[attr-defined]  # for the buttons
     if _htmx(request):
         return _header(request, build)
     return redirect("builds:build", build_id=build.pk)

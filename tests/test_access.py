@@ -87,7 +87,10 @@ def test_a_project_is_found_by_slug_or_by_id(owner: Any, project: Project) -> No
 
 def test_a_slug_of_digits_wins_over_an_id_but_a_number_is_always_an_id(owner: Any) -> None:
     first = make_project(owner, "first")
-    digits = services.project_create(user=owner, slug=str(first.pk))
+    # The API and the pages refuse such a slug now; the admin, or an older Goci, may
+    # have made one, and it stays reachable by its slug.
+    digits = Project.objects.create(slug=str(first.pk), name="digits")
+    Membership.objects.create(project=digits, user=owner, role=Role.OWNER)
 
     assert access.find_project_for_user(owner, str(first.pk)) == digits
     assert access.find_project_for_user(owner, first.pk) == first

@@ -40,7 +40,11 @@ async def test_lines_of_a_worker_process_reach_the_socket_through_redis(tmp_path
     ws: Any = WebsocketCommunicator(
         application(),
         f"/ws/builds/{build_id}/",
-        headers=[(b"origin", ORIGIN), (b"cookie", f"sessionid={cookie}".encode())],
+        headers=[
+            (b"origin", ORIGIN),
+            (b"host", b"localhost"),
+            (b"cookie", f"sessionid={cookie}".encode()),
+        ],
     )
     connected, _ = await ws.connect(timeout=TIMEOUT)
     assert connected

@@ -210,3 +210,8 @@ def test_cancel_a_running_build_then_rerun_it_from_the_page(
     page.click('#build-header [hx-post$="/rerun"] button, #build-header button:has-text("Rerun")')
     page.wait_for_url(lambda url: url.rstrip("/").endswith(str(build)) is False, timeout=10000)
     assert page.locator("h1").first.inner_text().startswith("Build #2")
+    # The rerun sleeps for a minute on the server's one worker: stop it, so that the
+    # next tests' builds do not queue behind it.
+    page.wait_for_selector('#build-header [hx-post$="/cancel"]', timeout=10000)
+    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
+    page.wait_for_selector('#build-header [data-build-status="canceled"]', timeout=10000)
