@@ -103,6 +103,7 @@ class Embedded:
         say(f"Sign in at {address} {self.login} (operators: {address}admin/).")
         if host in ANY_ADDRESS:
             say("Listening on every interface: add this machine's name to ALLOWED_HOSTS.")
+        say(host_steps_policy())
 
     def signalled(self, signum: int) -> None:
         if self.stopping:
@@ -135,6 +136,21 @@ class Embedded:
         sys.stdout.flush()
         # Its thread is not a daemon: a normal exit would wait for it forever.
         os._exit(EXIT_FAILED)
+
+
+def host_steps_policy() -> str:
+    """What happens to steps without an image here (docs/security.md), said at start."""
+    if settings.GOCI_HOST_STEPS == "allow":
+        return (
+            "Steps without an image run on this machine with Goci's own rights "
+            "(GOCI_HOST_STEPS=allow): only for a server no one else uses."
+        )
+    if settings.GOCI_DEFAULT_IMAGE:
+        return f"Steps without an image run in {settings.GOCI_DEFAULT_IMAGE} (GOCI_DEFAULT_IMAGE)."
+    return (
+        "Steps without an image are refused (GOCI_HOST_STEPS=deny): give each step an "
+        "image:, set GOCI_DEFAULT_IMAGE, or on your own machine GOCI_HOST_STEPS=allow."
+    )
 
 
 def url(host: str, port: int) -> str:

@@ -446,9 +446,10 @@ export class LogView {
 
   /** What an empty log says: a skipped step never ran (the reason is above it). */
   emptyText() {
-    return this.section && this.section.dataset.status === "skipped"
-      ? "No output: this step was skipped."
-      : "No output yet.";
+    const status = this.section ? this.section.dataset.status : "";
+    if (status === "skipped") return "No output: this step was skipped.";
+    // A finished step will print nothing more (an error's reason is shown above it).
+    return ["", "queued", "running"].includes(status) ? "No output yet." : "No output.";
   }
 
   get physicalHeight() {

@@ -323,3 +323,14 @@ def finished(build: Build) -> bool:
 def stop(worker: subprocess.Popen[bytes]) -> None:
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+def test_goci_up_says_at_start_what_becomes_of_steps_without_image(settings: Any) -> None:
+    from goci.server import host_steps_policy
+
+    settings.GOCI_HOST_STEPS, settings.GOCI_DEFAULT_IMAGE = "deny", ""
+    assert host_steps_policy().startswith("Steps without an image are refused")
+    settings.GOCI_DEFAULT_IMAGE = "debian:12"
+    assert host_steps_policy() == ("Steps without an image run in debian:12 (GOCI_DEFAULT_IMAGE).")
+    settings.GOCI_HOST_STEPS = "allow"
+    assert "with Goci's own rights" in host_steps_policy()

@@ -789,6 +789,9 @@ def test_a_step_message_shows_its_duration_exit_code_and_skip_reason(
         tab.evaluate("document.querySelector('#s3 .logview-empty').textContent")
         == "No output: this step was skipped."
     )
+    # A step that ended in error before it printed anything will print nothing more.
+    server_send(tab, {"type": "step", "step": "Test", "status": "error", "error": "no image"})
+    assert tab.evaluate("document.querySelector('#s3 .logview-empty').textContent") == "No output."
 
 
 def test_durations_read_as_the_server_writes_them(tab: Any, site: FakeSite) -> None:
