@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 os.environ["GOCI_HOST_STEPS"] = "allow"
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.e2e.test_browser import wait_until  # noqa: E402
 from tests.test_up import PASSWORD, Up, free_port, manage  # noqa: E402
 
 EMIT = """python3 -c '
@@ -63,12 +64,9 @@ def latency(server: Up, data_dir: Path, page: object, rate: int, seconds: int) -
     page.goto(f"{server.url}/builds/{build}/")  # type: ignore[attr-defined]
     page.wait_for_selector("section.step .log")  # type: ignore[attr-defined]
     page.evaluate(OBSERVE)  # type: ignore[attr-defined]
-    page.wait_for_function(  # type: ignore[attr-defined]
-        "document.querySelector('#build').dataset.status === 'success'", timeout=120000
-    )
-    page.wait_for_function(  # type: ignore[attr-defined]
-        f"window.gociLog.lastLine('emit') === {total}", timeout=30000
-    )
+    # Polled from here: the page's Content-Security-Policy refuses wait_for_function's eval.
+    wait_until(page, "document.querySelector('#build').dataset.status === 'success'", 120000)
+    wait_until(page, f"window.gociLog.lastLine('emit') === {total}", 30000)
     seen = page.evaluate("window.benchSeen")  # type: ignore[attr-defined]
     delays = sorted(shown - float(text.split()[1]) for text, shown in seen if " " in text)
     held = page.evaluate("window.gociLog.lineCount('emit')")  # type: ignore[attr-defined]

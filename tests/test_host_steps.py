@@ -334,3 +334,73 @@ def test_goci_up_says_at_start_what_becomes_of_steps_without_image(settings: Any
     assert host_steps_policy() == ("Steps without an image run in debian:12 (GOCI_DEFAULT_IMAGE).")
     settings.GOCI_HOST_STEPS = "allow"
     assert "with Goci's own rights" in host_steps_policy()
+
+
+# The worker contains host steps in a PID namespace where the machine allows it (CI
+# does, as root), else under the Python supervisor: both ways, directly.
+CONTAINMENT = [pytest.param(True, id="pid-namespace"), pytest.param(False, id="supervisor")]
+
+
+@pytest.mark.parametrize("namespace", CONTAINMENT)
+def test_each_way_of_containing_a_step_leaves_nothing_behind_and_keeps_its_exit_code(
+    tmp_path: Path, marker: str, namespace: bool
+) -> None:
+    from runners.executors.local import LocalExecutor, pid_namespace_ok
+    from tests.helpers import Recorder, pipeline
+
+    if namespace and not pid_namespace_ok():
+        pytest.fail("this machine refuses PID namespaces: unshare and setpriv (util-linux)")
+    executor = LocalExecutor(tmp_path, supervise=True, namespace=namespace)
+    assert bool(executor.prefix) is namespace
+    recorder = Recorder()
+    from runners.engine import Engine
+
+    Engine(
+        pipeline(
+            f"""
+            steps:
+              - name: escape
+                run: |
+                  setsid -f sleep {marker}
+                  sh -c '(sleep {marker} &) &'
+                  echo out; exit 7
+            """
+        ),
+        executor,
+        recorder,
+    ).run()
+    assert recorder.text("escape") == ["out"]
+    assert recorder.results["escape"].exit_code == 7
+    assert processes_matching(f"sleep {marker}") == []
+
+
+@pytest.mark.parametrize("namespace", CONTAINMENT)
+def test_each_way_of_containing_a_step_stops_it_on_cancel(
+    tmp_path: Path, marker: str, namespace: bool
+) -> None:
+    from runners.engine import Engine
+    from runners.executors.local import LocalExecutor
+    from tests.helpers import Recorder, pipeline
+
+    executor = LocalExecutor(tmp_path, supervise=True, namespace=namespace)
+    recorder = Recorder()
+    engine = Engine(
+        pipeline(
+            f"""
+            steps:
+              - name: long
+                run: |
+                  setsid -f sh -c 'trap "" TERM; sleep {marker}'
+                  touch started; sleep {marker}
+            """
+        ),
+        executor,
+        recorder,
+    )
+    threading.Timer(0.5, engine.cancel).start()
+    began = time.monotonic()
+    engine.run()
+    assert recorder.status("long") == "canceled"
+    assert time.monotonic() - began < 5
+    assert (tmp_path / "started").exists()
+    assert processes_matching(f"sleep {marker}") == []

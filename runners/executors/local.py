@@ -5,24 +5,32 @@ timeout or a cancel reaches every process the step started, and nothing the step
 left running in the background outlives it.
 
 A process group does not hold a process that leaves it (`setsid -f`, a daemon's
-double fork). Server workers therefore start each step under a supervisor
-(`supervise=True`): a bare Python process that makes itself the step's child
-subreaper (prctl PR_SET_CHILD_SUBREAPER), so every orphan of the step is re-parented
-to it instead of to init, whatever session or group it moved to. When the step's
-shell exits, or on a cancel or timeout, it signals every process below it, found in
-/proc, and reaps them all before it exits itself. Why this design: it needs no root,
-no user namespaces (often disabled on servers and inside containers), no cgroup
-delegation; a subreaper per step keeps one step's processes apart from another's and
-from the worker's own children (a subreaper in the worker could reap a zombie
-another thread's Popen is about to wait for, and a zombie's /proc entry no longer
-says which step it came from). The cost is one short-lived interpreter per step,
-30-50 ms, which is why `goci run` on a laptop, where the user runs their own code,
-keeps the process group alone. docs/security.md has the rest.
+double fork). Server workers therefore contain each step (`supervise=True`), in one
+of two ways, the first this machine allows:
+
+- A PID namespace of its own (util-linux `unshare --pid --fork --kill-child`, as root
+  or in a user namespace mapped to the same user, under `setpriv --pdeathsig KILL`):
+  the step's shell is the namespace's init, and when it ends the kernel kills every
+  process left in the namespace, whatever session or group it moved to; if the
+  worker dies, the step dies with it. It costs about 3 ms a step.
+- Otherwise (containers whose seccomp profile refuses namespaces), a supervisor:
+  a bare Python process (runners/supervise.py) that makes itself the step's child
+  subreaper (prctl PR_SET_CHILD_SUBREAPER), so every orphan of the step is
+  re-parented to it instead of to init. When the step's shell exits, or on a cancel
+  or timeout, it signals every process below it, found in /proc, and reaps them all
+  before it exits itself. A subreaper per step keeps one step's processes apart from
+  another's and from the worker's own children (a subreaper in the worker could reap
+  a zombie another thread's Popen is about to wait for). It costs one short-lived
+  interpreter, 20-50 ms a step.
+
+Neither needs root or cgroup delegation. `goci run` on a laptop, where the user runs
+their own code, keeps the process group alone. docs/security.md has the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
 import shutil
@@ -56,14 +64,20 @@ class LocalExecutor:
         kill_grace: float = KILL_GRACE,
         env: Mapping[str, str] | None = None,
         supervise: bool = False,
+        namespace: bool | None = None,
     ) -> None:
         """`env`: what every step's environment starts from (then the step's own and
         Goci's variables); None inherits this process's environment (`goci run`).
-        `supervise`: also stop processes that left the step's process group."""
+        `supervise`: also stop processes that left the step's process group, in a PID
+        namespace (`namespace`: None if this machine allows it) or under a supervisor."""
         self.workspace = workspace.resolve()
         self.kill_grace = kill_grace
         self.base_env = None if env is None else dict(env)
-        self.supervise = supervise
+        use_namespace = supervise and (pid_namespace_ok() if namespace is None else namespace)
+        # In a namespace, the plain group signals below are enough: KILL to the step's
+        # unshare ends the namespace's init, and with it every process in it.
+        self.prefix: tuple[str, ...] = pid_namespace_prefix() if use_namespace else ()
+        self.supervise = supervise and not use_namespace
         self._groups: set[int] = set()
         self._lock = threading.Lock()
 
@@ -91,7 +105,7 @@ class LocalExecutor:
             return StepOutcome(error=f"shell '{step.shell}' was not found on this machine")
         base = os.environ if self.base_env is None else self.base_env
         env = {**base, **run.env, "GOCI_WORKSPACE": str(self.workspace)}
-        argv = [shell, "-e", "-c", step.run]
+        argv = [*self.prefix, shell, "-e", "-c", step.run]
         if self.supervise:
             keep_lc_ctype = "1" if "LC_CTYPE" in env else "0"
             grace = str(self.kill_grace)
@@ -183,6 +197,27 @@ class LocalExecutor:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
         os.killpg(pgid, sig)
+
+
+def pid_namespace_prefix() -> tuple[str, ...]:
+    """The command that runs a step as the init of a PID namespace of its own."""
+    user = () if os.geteuid() == 0 else ("--user", "--map-current-user")
+    return (
+        *("setpriv", "--pdeathsig", "KILL", "--"),  # the worker dies: the step too
+        *("unshare", *user, "--pid", "--fork", "--kill-child"),
+    )
+
+
+@functools.cache
+def pid_namespace_ok() -> bool:
+    """Whether this machine lets us make PID namespaces (tried once per process)."""
+    try:
+        tried = subprocess.run(
+            [*pid_namespace_prefix(), "true"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):  # no util-linux, or a hung kernel call
+        return False
+    return tried.returncode == 0
 
 
 # The supervisor's command (runners/supervise.py), run with -I (no PYTHON* variables,
