@@ -132,3 +132,13 @@ def require_member_change(project: Project, *roles: str | None) -> None:
     """Maintainers manage members; only owners make, change or remove an owner.
     `roles`: the member's role now (if any) and the role asked for (if any)."""
     require(project, OWN if Role.OWNER in roles else MANAGE)
+
+
+def find_member(project: Project, username: str) -> Membership | None:
+    """The membership of `username` in a project the caller may see (their own role on
+    it checked by the caller), with the user and the project loaded."""
+    return (
+        Membership.objects.select_related("user", "project")
+        .filter(project=project, user__username=username)
+        .first()
+    )

@@ -554,11 +554,7 @@ def _find_build(request: HttpRequest, build_id: int, needed: Role) -> Build:
 
 def _find_member(project: Project, username: str) -> Membership:
     """A member of a project the caller may already see (their role was checked)."""
-    membership = (
-        Membership.objects.select_related("user", "project")
-        .filter(project=project, user__username=username)
-        .first()
-    )
+    membership = access.find_member(project, username)
     if membership is None:
         raise _not_found(f"member {username!r} of project '{project.slug}'")
     return membership

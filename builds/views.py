@@ -539,11 +539,7 @@ def member_remove(request: HttpRequest, slug: str, username: str) -> HttpRespons
 
 
 def _membership_or_404(project: Project, username: str) -> Membership:
-    membership = (
-        Membership.objects.select_related("project", "user")
-        .filter(project=project, user__username=username)
-        .first()
-    )
+    membership = access.find_member(project, username)
     if membership is None:
         raise Http404("no such member")
     return membership
