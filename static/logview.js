@@ -998,6 +998,12 @@ export class LogPage {
     this.doc.addEventListener("htmx:load", (event) => {
       if (event.target instanceof Element) this.scan(event.target);
     });
+    // A header swapped in after Cancel may know that the build ended before the socket
+    // does: a build canceled while queued ran on no worker, which would have said so.
+    this.doc.addEventListener("htmx:afterSwap", () => {
+      const badge = this.doc.querySelector("#build-header [data-build-status]");
+      if (badge && FINISHED.has(badge.dataset.buildStatus)) this.setBuildStatus(badge.dataset.buildStatus);
+    });
     window.addEventListener("hashchange", () => this.applyHash());
     setInterval(() => this.tick(), 1000);
     // A failed build opens at its failure (the server rendered the steps open or

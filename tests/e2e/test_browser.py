@@ -214,4 +214,30 @@ def test_cancel_a_running_build_then_rerun_it_from_the_page(
     # next tests' builds do not queue behind it.
     page.wait_for_selector('#build-header [hx-post$="/cancel"]', timeout=10000)
     page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
-    page.wait_for_selector('#build-header [data-build-status="canceled"]', timeout=10000)
+    # Canceled while still queued, it ran on no worker: the page learns it from the header.
+    wait_until(
+        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
+    )
+
+
+def test_a_build_canceled_while_queued_shows_it_without_a_reload(
+    admin_page: Any, server: Server
+) -> None:
+    """No worker ran it, so none says it ended: the page learns it from its header."""
+    page = admin_page
+    make_project(server, "queued-cancel")
+    busy = submit(server, "queued-cancel", "steps:\n  - name: busy\n    run: sleep 60\n")
+    waiting = submit(server, "queued-cancel", "steps:\n  - name: later\n    run: 'true'\n")
+    page.goto(f"/builds/{busy}/")
+    wait_until(page, "document.querySelector('#build').dataset.status === 'running'", 15000)
+    page.goto(f"/builds/{waiting}/")
+    assert page.get_attribute("#build", "data-status") == "queued"
+    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
+    wait_until(
+        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
+    )
+    page.goto(f"/builds/{busy}/")  # and free the server's one worker for the next tests
+    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
+    wait_until(
+        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
+    )
