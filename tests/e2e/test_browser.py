@@ -44,6 +44,14 @@ def wait_until(page: Any, expression: str, timeout: float = 30000) -> None:
         time.sleep(0.05)
 
 
+def cancel_from_the_page(page: Any) -> None:
+    """Press the header's Cancel and wait until the page says the build is canceled."""
+    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
+    wait_until(
+        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
+    )
+
+
 def build_status(page: Any) -> str:
     return str(page.get_attribute("#build", "data-status"))
 
@@ -201,10 +209,7 @@ def test_cancel_a_running_build_then_rerun_it_from_the_page(
     build = submit(server, "stoppable", "steps:\n  - name: long\n    run: echo go; sleep 60\n")
     page.goto(f"/builds/{build}/")
     wait_until(page, "window.gociLog && window.gociLog.lastLine('long') >= 1", timeout=15000)
-    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
-    wait_until(
-        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
-    )
+    cancel_from_the_page(page)
     assert page.get_attribute('section.step[data-step="long"]', "data-status") == "canceled"
     page.wait_for_selector('#build-header [hx-post$="/rerun"]', timeout=10000)
     page.click('#build-header [hx-post$="/rerun"] button, #build-header button:has-text("Rerun")')
@@ -213,11 +218,7 @@ def test_cancel_a_running_build_then_rerun_it_from_the_page(
     # The rerun sleeps for a minute on the server's one worker: stop it, so that the
     # next tests' builds do not queue behind it.
     page.wait_for_selector('#build-header [hx-post$="/cancel"]', timeout=10000)
-    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
-    # Canceled while still queued, it ran on no worker: the page learns it from the header.
-    wait_until(
-        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
-    )
+    cancel_from_the_page(page)  # queued or running: the page shows it either way
 
 
 def test_a_build_canceled_while_queued_shows_it_without_a_reload(
@@ -232,12 +233,6 @@ def test_a_build_canceled_while_queued_shows_it_without_a_reload(
     wait_until(page, "document.querySelector('#build').dataset.status === 'running'", 15000)
     page.goto(f"/builds/{waiting}/")
     assert page.get_attribute("#build", "data-status") == "queued"
-    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
-    wait_until(
-        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
-    )
+    cancel_from_the_page(page)
     page.goto(f"/builds/{busy}/")  # and free the server's one worker for the next tests
-    page.click('#build-header [hx-post$="/cancel"] button, #build-header button:has-text("Cancel")')
-    wait_until(
-        page, "document.querySelector('#build').dataset.status === 'canceled'", timeout=10000
-    )
+    cancel_from_the_page(page)
