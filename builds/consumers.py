@@ -51,11 +51,13 @@ log = logging.getLogger(__name__)
 # Close codes the client tells apart: no such build (for this user, also once they are
 # removed from its project), a role too low, live updates unavailable (the channel
 # layer is down; the page polls the database instead), and a client too slow to read
-# what it is sent (it reconnects and resumes from the last line it holds).
+# what it is sent (it reconnects and resumes from the last line it holds); and a client
+# that acknowledges messages it was never sent.
 CLOSE_NOT_FOUND = 4404
 CLOSE_FORBIDDEN = 4403
 CLOSE_UNAVAILABLE = 4503
 CLOSE_TOO_SLOW = 4429
+CLOSE_BAD_ACK = 4400
 # A catch-up message holds at most this many lines and about this much text, so that a
 # big log arrives in pieces the browser can draw as they come.
 MAX_LINES = 2000
@@ -181,7 +183,11 @@ class BuildConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # channe
             )
         elif content.get("type") == "ack":
             received = content.get("received")
-            if _is_int(received):
+            if _is_int(received) and received > self.sent:
+                # Acks for messages never sent would let a client that reads nothing
+                # have everything sent to it, held in daphne's memory: refused.
+                await self._close(CLOSE_BAD_ACK)
+            elif _is_int(received):
                 self._acknowledge(received)
                 await self.catch_up()
 

@@ -198,6 +198,18 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def text_arg(text: str) -> str:
+    """A name stored by the server: bytes that are not UTF-8 reach Python as lone
+    surrogates (surrogateescape), which no database stores."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{text.encode(errors='surrogateescape')!r} is not UTF-8 text"
+        ) from None
+    return text
+
+
 def git_branch(directory: Path) -> str | None:
     """The checked-out branch, for `when: branch`; None outside a repository."""
     try:
@@ -406,7 +418,11 @@ def cmd_user_add(args: argparse.Namespace) -> int:
             raise UsageError(f"{name!r} cannot be a username: {' '.join(exc.messages)}") from None
         if args.password_stdin:
             # One trailing newline is echo's or the file's, not the password's.
-            password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+            try:
+                password = sys.stdin.buffer.read().decode()
+            except UnicodeDecodeError:
+                raise UsageError("the password on stdin is not UTF-8 text") from None
+            password = password.removesuffix("\n").removesuffix("\r")
             if not password:
                 raise UsageError(
                     "the password on stdin is empty: pipe one in, or leave out "
@@ -587,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run up to N jobs at once (default 1)",
     )
-    worker.add_argument("--name", help="this worker's name (default: host-pid)")
+    worker.add_argument("--name", type=text_arg, help="this worker's name (default: host-pid)")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     worker.set_defaults(handler=cmd_worker)
 
@@ -624,7 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create a user. The password is generated and printed once, or read "
         "from stdin with --password-stdin (checked by the server's password rules).",
     )
-    user_add.add_argument("name", metavar="NAME", help="the username (letters, digits, @.+-_)")
+    user_add.add_argument(
+        "name", metavar="NAME", type=text_arg, help="the username (letters, digits, @.+-_)"
+    )
     user_add.add_argument(
         "--admin", action="store_true", help="a superuser: may use the admin at /admin/"
     )
@@ -644,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete a user with their memberships and API tokens; their builds "
         "stay. A user who is the only owner of a project is refused unless --force.",
     )
-    user_delete.add_argument("name", metavar="NAME", help="the username")
+    user_delete.add_argument("name", metavar="NAME", type=text_arg, help="the username")
     user_delete.add_argument(
         "--force",
         action="store_true",
@@ -660,9 +678,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create a personal API token for a user and print it on stdout, once; "
         "only its hash is kept. Send it as `Authorization: Bearer <token>`.",
     )
-    token_create.add_argument("--user", required=True, help="the user the token acts as")
     token_create.add_argument(
-        "--name", default="cli", help="a name to recognise it by (default: cli)"
+        "--user", required=True, type=text_arg, help="the user the token acts as"
+    )
+    token_create.add_argument(
+        "--name", default="cli", type=text_arg, help="a name to recognise it by (default: cli)"
     )
     token_create.set_defaults(handler=cmd_token_create)
 

@@ -35,11 +35,12 @@ def goci_cli(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     *args: str,
-    stdin: str = "",
+    stdin: str | bytes = "",
 ) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of `goci ARGS` with `stdin` on its standard input."""
     capsys.readouterr()
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    raw = stdin.encode() if isinstance(stdin, str) else stdin
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
@@ -253,3 +254,19 @@ def test_a_user_added_from_a_pipe_on_a_fresh_data_directory_gets_a_token(
     assert done.stdout.startswith("goci_")
     done = goci("user", "list")
     assert done.stdout.splitlines()[1].split() == ["alice", "no", "yes", "0", "never"]
+
+
+def test_names_and_passwords_that_are_not_utf8_are_refused_clearly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bytes that are not UTF-8 reach Python's argv as lone surrogates.
+    name = b"al\xffice".decode(errors="surrogateescape")
+    with pytest.raises(SystemExit) as exited:
+        goci_cli(capsys, monkeypatch, "user", "add", name)
+    assert exited.value.code == 2
+    assert "b'al\\xffice' is not UTF-8 text" in capsys.readouterr().err
+    code, _, err = goci_cli(
+        capsys, monkeypatch, "user", "add", "alice", "--password-stdin", stdin=b"pass\xffword 42"
+    )
+    assert (code, err) == (2, "goci: the password on stdin is not UTF-8 text\n")
+    assert not get_user_model().objects.filter(username="alice").exists()

@@ -96,6 +96,20 @@ async def test_a_client_that_does_not_acknowledge_gets_only_a_window_of_the_catc
     await ws.disconnect()
 
 
+async def test_a_client_that_acknowledges_what_it_was_never_sent_is_closed() -> None:
+    """It would otherwise read nothing and still be sent the whole log."""
+    world = await make_world(hello_lines=200_000)
+    ws = communicator(world, world.owner)
+    assert (await ws.connect(timeout=TIMEOUT))[0]
+    await ws.send_json_to({"type": "resume", "attempt": 1, "steps": {}})
+    await ws.send_json_to({"type": "ack", "received": 10**20})
+    texts = []
+    while (output := await ws.receive_output(timeout=TIMEOUT))["type"] != "websocket.close":
+        texts.append(output["text"])
+    assert output["code"] == consumers.CLOSE_BAD_ACK
+    assert sum(len(text) for text in texts) <= consumers.WINDOW + max(map(len, texts), default=0)
+
+
 async def test_a_client_that_stops_reading_live_lines_is_closed_and_resumes_from_the_database() -> (
     None
 ):

@@ -200,3 +200,18 @@ def test_failures_recorded_by_one_process_lock_the_sign_in_of_another(tmp_path: 
         assert answer.status_code == 429, answer.text
         assert RETRY.search(answer.text), answer.text
         assert "sessionid" not in session.cookies
+
+
+def test_a_failed_sign_in_keeps_its_password_nowhere(caplog: pytest.LogCaptureFixture) -> None:
+    from axes.models import AccessFailureLog, AccessLog
+
+    make_person("zed")
+    Client().post("/login/", {"username": "zed", "password": "Sup3rSecretGuess!"})
+    rows = [
+        *AccessAttempt.objects.values(),
+        *AccessLog.objects.values(),
+        *AccessFailureLog.objects.values(),
+    ]
+    assert rows  # the failure was recorded
+    assert "Sup3rSecretGuess" not in repr(rows)
+    assert "Sup3rSecretGuess" not in caplog.text
