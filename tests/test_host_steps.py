@@ -404,3 +404,12 @@ def test_each_way_of_containing_a_step_stops_it_on_cancel(
     assert time.monotonic() - began < 5
     assert (tmp_path / "started").exists()
     assert processes_matching(f"sleep {marker}") == []
+
+
+@pytest.mark.parametrize("bad", ["maybe", "yes", "Deny it"])
+def test_a_bad_goci_host_steps_is_a_clear_error_at_start(tmp_path: Path, bad: str) -> None:
+    from tests.test_security_settings import production_env, run_manage
+
+    done = run_manage(production_env(tmp_path / "data", GOCI_HOST_STEPS=bad), "check")
+    assert done.returncode != 0
+    assert f"GOCI_HOST_STEPS must be 'deny' or 'allow', not {bad.lower()!r}" in done.stderr
