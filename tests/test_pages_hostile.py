@@ -220,3 +220,20 @@ def test_a_username_in_a_path_with_a_nul_is_404(client: Client) -> None:
     assert client.post("/projects/web/members/do%00ra/remove").status_code == 404
     assert client.post(f"/projects/web/members/{SURROGATE}/remove").status_code == 404
     assert state() == before
+
+
+@pytest.mark.parametrize(("url", "field"), FIELDS, ids=[f"{u} {f}" for u, f in FIELDS])
+def test_ten_megabytes_in_any_form_field_is_a_400_that_changes_nothing(
+    client: Client, url: str, field: str
+) -> None:
+    fields = dict(FORMS)[url]
+    body = "&".join(
+        f"{name}={'x' * 10_000_000}" if name == field else f"{name}={value}"
+        for name, value in fields.items()
+    )
+    before = state()
+    response = post_raw(client, url, body)
+    # Django refuses a form body over DATA_UPLOAD_MAX_MEMORY_SIZE before any view reads it.
+    assert response.status_code == 400
+    assert "a form may hold at most 2.5 MB" in html(response)
+    assert state() == before
