@@ -32,11 +32,13 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.http.response import HttpResponseBase
+from django.shortcuts import render
 from django.urls import URLPattern, URLResolver
 from django.utils.log import log_response
 from ninja import Field, HeaderEx, NinjaAPI, P, PathEx, Query, QueryEx, Schema
 from ninja import Status as Reply
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.openapi.docs import Swagger, _csrf_needed
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import BeforeValidator, ConfigDict, field_validator
@@ -85,6 +87,22 @@ class BearerToken(HttpBearer):
         return services.token_user(token) if token else None
 
 
+class LocalSwagger(Swagger):
+    """ninja's Swagger UI from its own files, never a CDN's. ninja serves them only
+    when it is an installed app, and an installed app is imported by every process:
+    workers would load ninja and pydantic (~11 MB) for nothing. So settings finds its
+    template and static files (TEMPLATES' DIRS, STATICFILES_DIRS) and this renders it."""
+
+    def render_page(self, request: HttpRequest, api: NinjaAPI, **kwargs: Any) -> HttpResponse:
+        self.settings["url"] = self.get_openapi_url(api, kwargs)
+        context = {
+            "swagger_settings": json.dumps(self.settings, indent=1),
+            "api": api,
+            "add_csrf": _csrf_needed(api),
+        }
+        return render(request, self.template, context)
+
+
 api = NinjaAPI(
     title="Goci API",
     version="1",
@@ -96,6 +114,7 @@ api = NinjaAPI(
     auth=BearerToken(),
     parser=JsonObjectParser(),
     urls_namespace="api",
+    docs=LocalSwagger(),
 )
 
 

@@ -7,16 +7,18 @@ LeaseLost once the reaper has given the job to another attempt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from builds.models import (
@@ -71,12 +73,19 @@ def token_user(secret: str) -> User | None:
     return token.user
 
 
+# Sent once a transaction that queued, re-queued or canceled a job has committed:
+# workers in this process (goci up's) wake at once; those in others get NOTIFY.
+queue_changed = Signal()
+
+
 def notify_queue() -> None:
-    """Wake idle workers (PostgreSQL LISTEN/NOTIFY; delivered when the transaction
-    commits, never before). SQLite workers poll."""
+    """Wake idle workers when the transaction commits, never before: in this process
+    through `queue_changed`, in others through PostgreSQL's LISTEN/NOTIFY (SQLite
+    serves one process, whose worker is woken by the signal)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [QUEUE_CHANNEL])
+    transaction.on_commit(lambda: queue_changed.send(sender=None))
 
 
 class Conflict(ValueError):
@@ -357,30 +366,59 @@ def build_settle(build: Build, now: Any) -> None:
 # Fenced writes of the worker that owns attempt `attempt` of job `job_id`.
 
 
-def _own(job_id: int, attempt: int) -> Job:
-    """Lock the job row if this attempt still owns it (else LeaseLost). The reaper takes
-    the same lock to move a job on, so a write either lands before or is refused."""
-    job = (
-        Job.objects.select_for_update()
-        .filter(pk=job_id, attempt=attempt, status=Status.RUNNING)
-        .first()
-    )
-    if job is None:
-        raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
-    return job
+@contextlib.contextmanager
+def fenced(job_id: int, attempt: int) -> Iterator[None]:
+    """One transaction of the worker that owns this attempt of the job, or LeaseLost.
+    Its first statement locks the job row and renews the lease; the reaper takes the
+    same lock to move a job on, so each write either lands before it or is refused.
+    Several writes share the one commit (a step's start, a log batch and its end)."""
+    with transaction.atomic():
+        owned = Job.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING).update(
+            lease_expires_at=lease_deadline()
+        )
+        if not owned:
+            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
+        yield
+
+
+# A step's row as the worker reports it: the whole state, so a write is idempotent.
+STEP_STATE = ("status", "exit_code", "error", "started_at", "finished_at", "image")
+
+
+def job_report(
+    *,
+    job_id: int,
+    attempt: int,
+    steps: Mapping[int, Mapping[str, Any]] | None = None,
+    chunks: Sequence[tuple[int, int, Sequence[str]]] = (),
+) -> None:
+    """What the worker learned since its last write, in one fenced transaction: log
+    batches (step id, first line number, lines) and the state of the steps that
+    changed (step id -> every field of STEP_STATE). A retry whose first try did
+    commit fails on a batch's unique key, having written nothing twice."""
+    with fenced(job_id, attempt):
+        if chunks:
+            LogChunk.objects.bulk_create(
+                LogChunk(
+                    step_id=step_id,
+                    attempt=attempt,
+                    first_line=first,
+                    line_count=len(lines),
+                    text="\n".join(lines),
+                )
+                for step_id, first, lines in chunks
+            )
+        if steps:
+            Step.objects.bulk_update(
+                [Step(pk=step_id, **state) for step_id, state in steps.items()], STEP_STATE
+            )
 
 
 def step_start(*, job_id: int, attempt: int, name: str, image: str = "") -> None:
-    """The step runs now; `image`: the image it runs in, which the worker may have
-    chosen (GOCI_DEFAULT_IMAGE for a step that named none)."""
-    with transaction.atomic():
-        _own(job_id, attempt)
+    """Mark one step running now (a one-off write; workers report with job_report)."""
+    with fenced(job_id, attempt):
         Step.objects.filter(job_id=job_id, name=name).update(
-            status=Status.RUNNING,
-            started_at=timezone.now(),
-            exit_code=None,
-            error="",
-            image=image,
+            status=Status.RUNNING, started_at=timezone.now(), exit_code=None, error="", image=image
         )
 
 
@@ -394,44 +432,33 @@ def step_finish(
     error: str | None,
     started: bool,
 ) -> None:
-    with transaction.atomic():
-        _own(job_id, attempt)
-        now = timezone.now()
-        fields: dict[str, Any] = {
-            "status": status,
-            "exit_code": exit_code,
-            "error": error or "",
-            "finished_at": now if started else None,
-        }
-        Step.objects.filter(job_id=job_id, name=name).update(**fields)
+    """End one step now (a one-off write; workers report with job_report)."""
+    with fenced(job_id, attempt):
+        Step.objects.filter(job_id=job_id, name=name).update(
+            status=status,
+            exit_code=exit_code,
+            error=error or "",
+            finished_at=timezone.now() if started else None,
+        )
 
 
 def log_append(
     *, job_id: int, attempt: int, step_id: int, first_line: int, lines: Sequence[str]
 ) -> None:
     """Store a batch of consecutive lines (the database is the record of a log)."""
-    with transaction.atomic():
-        _own(job_id, attempt)
-        LogChunk.objects.create(
-            step_id=step_id,
-            attempt=attempt,
-            first_line=first_line,
-            line_count=len(lines),
-            text="\n".join(lines),
+    job_report(job_id=job_id, attempt=attempt, chunks=[(step_id, first_line, lines)])
+
+
+def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> str:
+    """End the job and settle its build; returns the build's status."""
+    now = timezone.now()
+    with fenced(job_id, attempt):
+        Job.objects.filter(pk=job_id).update(
+            status=status, error=error, finished_at=now, lease_expires_at=None
         )
-
-
-def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> None:
-    with transaction.atomic():
-        job = _own(job_id, attempt)
-        now = timezone.now()
-        job.status = status
-        job.error = error
-        job.finished_at = now
-        job.lease_expires_at = None
-        job.save(update_fields=["status", "error", "finished_at", "lease_expires_at"])
-        build = Build.objects.select_for_update().get(pk=job.build_id)
+        build = Build.objects.select_for_update(of=("self",)).get(jobs__id=job_id)
         build_settle(build, now)
+    return build.status
 
 
 def lease_deadline() -> Any:

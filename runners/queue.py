@@ -13,7 +13,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from builds.models import Build, Job, Status, Step
@@ -27,10 +28,16 @@ def _lease() -> timedelta:
 
 
 def job_claim(*, worker: str) -> Job | None:
-    """Take the oldest queued job and its lease, or None."""
+    """Take the oldest queued job and its lease, or None. One transaction claims the
+    job, marks its build running and reads all the worker needs to run it: the job
+    comes with its build and project (job.build) and its steps (job.steps.all())."""
     with transaction.atomic():
         job = (
-            Job.objects.select_for_update(skip_locked=True)
+            # of=self: the joined build and project rows stay unlocked, so a submit
+            # holding its project's lock does not make this claim skip the job.
+            Job.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("build__project")
+            .prefetch_related("steps")
             .filter(status=Status.QUEUED)
             .order_by("id")
             .first()
@@ -46,12 +53,13 @@ def job_claim(*, worker: str) -> Job | None:
         )
         if not claimed:
             return None  # SQLite: another worker took it first
-        build = Build.objects.select_for_update().get(pk=job.build_id)
-        if build.started_at is None:
-            build.started_at = now
-        build.status = Status.RUNNING
-        build.save(update_fields=["started_at", "status"])
-    job.refresh_from_db()
+        Build.objects.filter(pk=job.build_id).update(
+            status=Status.RUNNING, started_at=Coalesce("started_at", Value(now))
+        )
+    job.status, job.worker, job.started_at = Status.RUNNING, worker, now
+    job.lease_expires_at = now + _lease()
+    job.build.status = Status.RUNNING
+    job.build.started_at = job.build.started_at or now
     return job
 
 

@@ -13,19 +13,19 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import (
-    DatabaseError,
     DataError,
     IntegrityError,
     InterfaceError,
     OperationalError,
     connection,
 )
+from django.utils import timezone
 
-from builds import models, services
-from builds.live import STEP_VALUES, Publisher, step_message
+from builds import services
+from builds.live import Publisher, step_message
 from builds.models import Job
 from builds.pipeline import Step
 from runners.engine import BuildResult, StepResult
@@ -85,9 +85,14 @@ class Masker:
 
 
 class LogSink:
-    """Batches one job's log lines per step: a batch is stored when it holds
-    FLUSH_LINES lines or FLUSH_BYTES, or is FLUSH_SECONDS old, and then published.
-    Memory is bounded by those limits (the engine waits while a batch is stored)."""
+    """Gathers what a job's steps do and writes it in as few fenced transactions as
+    keep the record current: everything new - steps started or ended, log lines of
+    every step - goes in one transaction, at the latest FLUSH_SECONDS after the
+    oldest of it happened, or as soon as FLUSH_LINES lines or FLUSH_BYTES wait. A
+    build of trivial steps is one write; a step with output adds one per batch.
+    What was stored is then published, so a page that loads from the database and
+    then listens misses nothing. Memory is bounded by those limits (the engine waits
+    while a batch is stored)."""
 
     def __init__(
         self,
@@ -102,9 +107,19 @@ class LogSink:
         self.step_ids = step_ids
         self.publisher = publisher
         self.mask = Masker(secrets)
+        self.states: dict[str, dict[str, Any]] = {}  # step -> its STEP_STATE as it is now
+        self.changed: dict[str, None] = {}  # steps whose state is not stored yet, in order
         self.pending: dict[str, tuple[int, list[str]]] = {}  # step -> (first line, lines)
-        self.size: dict[str, int] = {}
-        self.since: dict[str, float] = {}
+        self.lines = 0
+        self.size = 0
+        self.since: float | None = None  # when the oldest unstored news came
+
+    def state(self, step: str, **fields: Any) -> None:
+        """Set fields of the step's state (the rest stay as last set)."""
+        state = self.states.setdefault(step, dict.fromkeys(services.STEP_STATE))
+        state.update(fields)
+        self.changed[step] = None
+        self.since = self.since or time.monotonic()
 
     def add(self, step: str, first_line: int, lines: Sequence[str]) -> None:
         lines = self.mask(list(lines))
@@ -112,51 +127,65 @@ class LogSink:
             self.pending[step][1].extend(lines)
         else:
             self.pending[step] = (first_line, lines)
-            self.since[step] = time.monotonic()
-            self.size[step] = 0
-        self.size[step] += sum(len(line) for line in lines)
-        if len(self.pending[step][1]) >= FLUSH_LINES or self.size[step] >= FLUSH_BYTES:
-            self.flush(step)
+        self.since = self.since or time.monotonic()
+        self.lines += len(lines)
+        self.size += sum(len(line) for line in lines)
+        if self.lines >= FLUSH_LINES or self.size >= FLUSH_BYTES:
+            self.flush()
 
     def flush_due(self) -> None:
-        now = time.monotonic()
-        for step in [s for s, since in self.since.items() if now - since >= FLUSH_SECONDS]:
-            self.flush(step)
+        if self.since is not None and time.monotonic() - self.since >= FLUSH_SECONDS:
+            self.flush()
 
-    def flush(self, step: str | None = None) -> None:
-        for name in [step] if step else list(self.pending):
-            if name not in self.pending:
-                continue
-            first, lines = self.pending.pop(name)
-            del self.since[name], self.size[name]
-            self._store(name, first, lines)
+    def flush(self) -> None:
+        """Write everything new in one transaction, then publish it."""
+        if self.since is None:
+            return
+        chunks = [(step, first, lines) for step, (first, lines) in self.pending.items()]
+        changed = {step: dict(self.states[step]) for step in self.changed}
+        self.pending, self.changed = {}, {}
+        self.lines = self.size = 0
+        self.since = None
+        chunks = self._store(chunks, changed)
+        if self.publisher is not None:
+            self._publish(chunks, changed)
 
-    def _store(self, step: str, first: int, lines: list[str]) -> None:
-        step_id = self.step_ids[step]
+    def _store(
+        self, chunks: list[tuple[str, int, list[str]]], changed: dict[str, dict[str, Any]]
+    ) -> list[tuple[str, int, list[str]]]:
+        """Store; returns the chunks as stored."""
+        steps = {self.step_ids[step]: state for step, state in changed.items()}
 
-        def append(lines: list[str]) -> None:
+        def write(chunks: list[tuple[str, int, list[str]]]) -> None:
             # IntegrityError: stored by a try whose commit reply was lost; it is there once.
             with contextlib.suppress(IntegrityError):
-                services.log_append(
+                services.job_report(
                     job_id=self.job_id,
                     attempt=self.attempt,
-                    step_id=step_id,
-                    first_line=first,
-                    lines=lines,
+                    steps=steps,
+                    chunks=[(self.step_ids[step], first, lines) for step, first, lines in chunks],
                 )
 
         try:
-            with_retry(lambda: append(lines), what="storing log lines")
+            with_retry(lambda: write(chunks), what="storing log lines")
         except (DataError, ValueError) as exc:
             # Text the database refuses (NUL on PostgreSQL, a lone surrogate anywhere):
             # lines.py never makes it, but a batch must not end the worker's thread and
             # leave the job to be run again. Store it as lines.py would have.
-            log.warning("log lines of step %s refused (%s); storing them cleaned", step, exc)
-            lines = [storable(line) for line in lines]
-            with_retry(lambda: append(lines), what="storing log lines")
-        if self.publisher is not None:
-            self.publisher.publish(
-                self.build_id,
+            log.warning("log lines of job %s refused (%s); storing them cleaned", self.job_id, exc)
+            chunks = [(step, first, [storable(x) for x in lines]) for step, first, lines in chunks]
+            with_retry(lambda: write(chunks), what="storing log lines")
+        return chunks
+
+    def _publish(
+        self, chunks: list[tuple[str, int, list[str]]], changed: dict[str, dict[str, Any]]
+    ) -> None:
+        """A step's lines come after it started and before it ended, as on the page."""
+        assert self.publisher is not None
+        running = [step for step, state in changed.items() if state["status"] == "running"]
+        messages = [self._step(step, changed[step]) for step in running]
+        for step, first, lines in chunks:
+            messages.append(
                 {
                     "type": "log.lines",
                     "build": self.build_id,
@@ -164,8 +193,16 @@ class LogSink:
                     "attempt": self.attempt,
                     "first": first,
                     "lines": lines,
-                },
+                }
             )
+        messages += [self._step(step, changed[step]) for step in changed if step not in running]
+        for message in messages:
+            self.publisher.publish(self.build_id, message)
+
+    def _step(self, step: str, state: dict[str, Any]) -> dict[str, Any]:
+        """The "step" message the consumer's catch-up makes of the stored row."""
+        message = step_message({**state, "name": step})
+        return {**message, "type": "step.status", "build": self.build_id}
 
 
 class BuildReporter:
@@ -183,10 +220,8 @@ class BuildReporter:
         self.job_id = job.pk
         self.attempt = job.attempt
         self.build_id = job.build_id
-        self.publisher = publisher
         self.on_lost = on_lost
         self.lost = False
-        self.started: set[str] = set()
         self.sink = LogSink(job, step_ids, publisher, secrets)
         self.result: BuildResult | None = None
 
@@ -199,33 +234,16 @@ class BuildReporter:
             self.lost = True
             self.on_lost()
 
-    def _publish_step(self, name: str) -> None:
-        """Publish the step as just stored (times, exit code, skip reason), the same
-        message the consumer's catch-up reads, so a live page matches a reloaded one."""
-        if self.publisher is None or self.lost:
-            return
-        try:
-            row = (
-                models.Step.objects.filter(job_id=self.job_id, name=name)
-                .values(*STEP_VALUES)
-                .first()
-            )
-        except DatabaseError:  # a preview is not worth holding the build up: pages poll
-            log.warning("step %s of build %s not published", name, self.build_id, exc_info=True)
-            return
-        if row is not None:
-            message = {**step_message(row), "type": "step.status", "build": self.build_id}
-            self.publisher.publish(self.build_id, message)
-
     def step_started(self, step: Step, attempt: int) -> None:
-        self.started.add(step.name)
-        self._guard(
-            lambda: services.step_start(
-                job_id=self.job_id, attempt=self.attempt, name=step.name, image=step.image or ""
-            ),
-            "starting a step",
+        self.sink.state(
+            step.name,
+            status="running",
+            started_at=timezone.now(),
+            finished_at=None,
+            exit_code=None,
+            error="",
+            image=step.image or "",
         )
-        self._publish_step(step.name)
 
     def step_log(self, step: Step, first_line: int, lines: Sequence[str], at: float) -> None:
         if not self.lost:
@@ -236,21 +254,21 @@ class BuildReporter:
             self._guard(self.sink.flush_due, "storing log lines")
 
     def step_finished(self, step: Step, result: StepResult) -> None:
-        self._guard(lambda: self.sink.flush(step.name), "storing log lines")
-        self._guard(
-            lambda: services.step_finish(
-                job_id=self.job_id,
-                attempt=self.attempt,
-                name=step.name,
-                status=str(result.status),
-                exit_code=result.exit_code,
-                error=result.error,
-                started=step.name in self.started,
-            ),
-            "finishing a step",
+        """Stored with what comes next, within FLUSH_SECONDS, or with the build's end."""
+        started = (self.sink.states.get(step.name) or {}).get("started_at")
+        self.sink.state(
+            step.name,
+            status=str(result.status),
+            exit_code=result.exit_code,
+            error=result.error or "",
+            started_at=started,
+            finished_at=timezone.now() if started else None,
+            image=step.image or "",
         )
-        self._publish_step(step.name)
 
     def build_finished(self, result: BuildResult) -> None:
-        self._guard(self.sink.flush, "storing log lines")
+        self.flush()
         self.result = result
+
+    def flush(self) -> None:
+        self._guard(self.sink.flush, "storing the build's progress")

@@ -298,11 +298,12 @@ async def test_the_worker_publishes_a_step_with_its_times_exit_code_and_skip_rea
         steps = {step.name: step for step in pipeline(TWO_STEPS).steps}
         publisher = Publisher(loop)
         reporter = BuildReporter(job, step_ids, publisher, on_lost=lambda: None)
-        reporter.started.add("hello")  # started by make_world
+        reporter.step_started(steps["hello"], 1)  # a new try, as after a retry
         reporter.step_finished(steps["hello"], StepResult("hello", EngineStatus.FAILURE, 2))
         reporter.step_finished(
             steps["count"], StepResult("count", EngineStatus.SKIPPED, error="'hello' failed")
         )
+        reporter.flush()
         publisher.close()
 
     await report()

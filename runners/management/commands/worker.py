@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from runners.worker import Worker
+from runners.worker import Worker, persistent_connections
 
 
 class Command(BaseCommand):
@@ -27,6 +27,7 @@ class Command(BaseCommand):
         if options["concurrency"] < 1:
             self.stderr.write("--concurrency must be at least 1")
             raise SystemExit(2)
+        persistent_connections()
         worker = Worker(name=options["name"], concurrency=options["concurrency"])
         if options["once"]:
             try:
