@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import traceback
 from typing import Any, Protocol
@@ -159,14 +160,22 @@ def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def prepare() -> None:
-    """Everything a start needs: the system checks, the schema, the static files."""
-    # call_command skips the system checks unless told: a misconfiguration (goci.E001,
-    # ...) raises SystemCheckError here, with every problem, before anything runs.
-    call_command("migrate", interactive=False, verbosity=0, skip_checks=False)
-    # Plain daphne serves no static files (P11): whitenoise serves what this collects,
-    # and the manifest storage needs it to render {% static %} at all.
-    call_command("collectstatic", interactive=False, verbosity=0)
+def prepare() -> bool:
+    """Everything a start needs: the system checks, the schema, the static files. In
+    child processes: the migration graph, the models' states and the storages they
+    load (~70 MB) would otherwise stay in the server for as long as it runs. Their
+    errors (a failed system check, an unreachable database) are on stderr; False then."""
+    for command in (
+        # migrate runs the system checks first: a misconfiguration (goci.E001, ...)
+        # stops it with every problem, before anything runs.
+        ["migrate", "--no-input", "--verbosity", "0"],
+        # Plain daphne serves no static files (P11): whitenoise serves what this
+        # collects, and the manifest storage needs it to render {% static %} at all.
+        ["collectstatic", "--no-input", "--verbosity", "0"],
+    ):
+        if subprocess.run([sys.executable, "-m", "django", *command], check=False).returncode:
+            return False
+    return True
 
 
 def ensure_admin() -> str:
@@ -217,7 +226,9 @@ def up(host: str, port: int, workers: int) -> int:
         configure_logging()
         if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
             say(f"Data: {settings.GOCI_DATA_DIR}")
-        prepare()
+        if not prepare():
+            complain("cannot start: the database or the static files could not be prepared")
+            return EXIT_FAILED
         login = ensure_admin()
         # Only now: importing them sets up the ASGI app and loads the models.
         from goci.asgi import application  # noqa: PLC0415
