@@ -6,24 +6,21 @@ failed, timed out or could not run, 2 the pipeline or the command line is invali
 (nothing ran), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 
 This module imports no Django at the top: `goci run` needs no database and no server;
-the server's commands set Django up when they run.
+the server's commands set Django up when they run. Start-up time counts for `goci run`
+(issue #10): what only other commands use (importlib.metadata, json, secrets, docker-py)
+is imported inside them, and tests/test_cli_imports.py checks that it stays so.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import json
 import os
-import platform
 import re
-import secrets
 import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -268,7 +265,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     executor = ByImage(
         LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None
     )
-    branch = args.branch if args.branch is not None else git_branch(workspace)
+    # The branch only matters to `when`; asking git costs a process, so only then.
+    branch = args.branch
+    if branch is None and any(step.when for step in pipeline.steps):
+        branch = git_branch(workspace)
     reporter = ConsoleReporter(
         pipeline, sys.stdout, color=use_color(sys.stdout), timestamps=args.timestamps
     )
@@ -309,21 +309,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415  (only this command needs it; `goci run` starts faster)
+
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
 def goci_version() -> str:
     """The installed version; from a checkout that was never installed, pyproject's."""
+    # importlib.metadata alone takes longer to import than all `goci run` needs.
+    import importlib.metadata  # noqa: PLC0415
+
     try:
         return importlib.metadata.version("goci")
     except importlib.metadata.PackageNotFoundError:
+        import tomllib  # noqa: PLC0415
+
         pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
         with pyproject.open("rb") as f:
             return str(tomllib.load(f)["project"]["version"])
 
 
+class VersionAction(argparse.Action):
+    """`goci --version`, looking the version up only when asked (argparse's own
+    action="version" needs the text while the parser is built, on every command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"goci {goci_version()}")
+        parser.exit()
+
+
 def cmd_version(args: argparse.Namespace) -> int:
+    import importlib.metadata  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+
     print(f"goci {goci_version()}")
     print(f"Python {platform.python_version()}")
     print(f"Django {importlib.metadata.version('django')}")
@@ -434,6 +462,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
                 problems = "".join(f"\n  - {message}" for message in exc.messages)
                 raise UsageError(f"the password is refused; choose another:{problems}") from None
         else:
+            import secrets  # noqa: PLC0415
+
             password = secrets.token_urlsafe(16)
         user.set_password(password)
         try:
@@ -535,9 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Goci: run YAML pipelines on this machine, or serve them to a team.",
         epilog="`goci COMMAND --help` explains a command and its options.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"goci {goci_version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=VersionAction, help="print the version")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     file_help = f"the pipeline file (default: {' or else '.join(DEFAULT_FILES)}, here)"
 
