@@ -408,10 +408,9 @@ def job_report(
                 )
                 for step_id, first, lines in chunks
             )
-        if steps:
-            Step.objects.bulk_update(
-                [Step(pk=step_id, **state) for step_id, state in steps.items()], STEP_STATE
-            )
+        # An UPDATE each: bulk_update's CASE expressions cost ~5 ms of Python a step.
+        for step_id, state in (steps or {}).items():
+            Step.objects.filter(pk=step_id).update(**state)
 
 
 def step_start(*, job_id: int, attempt: int, name: str, image: str = "") -> None:

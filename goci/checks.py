@@ -7,8 +7,12 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, register
 
+# Tagged, so that a worker can run Goci's checks without the URL checks, which would
+# import the whole web side (views, the API, pydantic) into it.
+TAG = "goci"
 
-@register()
+
+@register(TAG)
 def check_data_dir(app_configs: Any, **kwargs: Any) -> list[Error]:
     path = settings.GOCI_DATA_DIR
     if path.exists() and not path.is_dir():

@@ -6,13 +6,19 @@ import signal
 from types import FrameType
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandParser
 
+from goci import checks
 from runners.worker import Worker, persistent_connections
 
 
 class Command(BaseCommand):
     help = "Claim queued builds and run them; SIGTERM stops claiming and drains gracefully."
+    # The models' checks and Goci's own, not all: the URL checks would import the web
+    # side (views, the API, pydantic; ~10 MB) into every worker. The web process and
+    # migrate run them all.
+    requires_system_checks = [Tags.models, checks.TAG]
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
