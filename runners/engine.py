@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from builds.pipeline import Pipeline, Step, plan
 from runners.lines import DEFAULT_LOG_CAP, StepLog
@@ -63,6 +63,16 @@ class Executor(Protocol):
 
     def cleanup(self) -> None:
         """Idempotent; safe when prepare failed."""
+
+
+@runtime_checkable
+class GetsReady(Protocol):
+    """An executor that can do part of a step's work before the step starts (docker.py
+    creates its container). Optional: the engine calls it only on executors that have it."""
+
+    def ready_soon(self, step: Step, env: Mapping[str, str]) -> None:
+        """`step` starts with `env` as soon as the running steps succeed. It may also never
+        start (a failure, a cancel): cleanup() undoes what this did. Must not block."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,8 @@ class Engine:
         # Each event holds up to one 64 KiB read as lines (~0.5 MB of str objects).
         self._events: queue.Queue[_Started | _Log | _Finished] = queue.Queue(maxsize=16)
         self._deadline: float | None = None
+        self._ready_soon = executor.ready_soon if isinstance(executor, GetsReady) else None
+        self._told_ready: set[str] = set()  # steps the executor was told of, once each
 
     def cancel(self) -> None:
         """Stop every running step and start no other. Thread- and signal-safe."""
@@ -189,19 +201,25 @@ class Engine:
                 if time.monotonic() - last_idle >= TICK:
                     last_idle = time.monotonic()
                     self.reporter.idle()
-        finally:
+        except BaseException:
             if running:
                 # Only after a reporter error (say, a closed stdout): stop the steps
                 # before the executor cleans up.
                 self._cancel.set()
             self.executor.cleanup()
+            raise
         status = Status.CANCELED if self._cancel.is_set() else _overall(list(results.values()))
         build = BuildResult(
             status=status,
             steps=tuple(results[s.name] for s in steps),
             duration=time.monotonic() - start,
         )
-        self.reporter.build_finished(build)
+        # The result first: removing containers and networks takes a while and changes
+        # nothing in it. run() still returns only when nothing is left behind.
+        try:
+            self.reporter.build_finished(build)
+        finally:
+            self.executor.cleanup()
         return build
 
     def _schedule(
@@ -213,6 +231,7 @@ class Engine:
         stop_reason: str | None,
     ) -> list[Step]:
         """Start or skip every step whose dependencies are done; return the rest."""
+        started = False
         changed = True
         while changed:  # a skip can unblock a step listed before it (needs point forward)
             changed = False
@@ -245,8 +264,34 @@ class Engine:
                         name=f"step:{step.name}",
                         daemon=True,  # the executor's cleanup, not interpreter exit, stops steps
                     ).start()
+                    started = True
             pending = still
+        if started and stop_reason is None and self._ready_soon is not None:
+            self._tell_ready_soon(pending, deps, results, running)
         return pending
+
+    def _tell_ready_soon(
+        self,
+        pending: list[Step],
+        deps: Mapping[str, tuple[str, ...]],
+        results: Mapping[str, StepResult],
+        running: Mapping[str, float],
+    ) -> None:
+        """Tell the executor of the steps that start when the running ones succeed (one
+        step ahead, not the whole DAG), so that it can get them ready meanwhile."""
+        assert self._ready_soon is not None
+        for step in pending:
+            if step.name in self._told_ready:
+                continue
+            needs = deps[step.name]
+            if not all(
+                n in running or (n in results and _lets_dependents_run(results[n])) for n in needs
+            ):
+                continue
+            if step.when and not step.when.matches(branch=self.branch, event=self.event):
+                continue
+            self._told_ready.add(step.name)
+            self._ready_soon(step, self._step_env(step))
 
     def _when_reason(self) -> str:
         branch, event = self.branch or "(none)", self.event or "(none)"

@@ -216,11 +216,14 @@ class BuildReporter:
         publisher: Publisher | None,
         on_lost: Callable[[], None],
         secrets: Sequence[str] = (),
+        *,
+        on_finished: Callable[[BuildResult], None] | None = None,
     ) -> None:
         self.job_id = job.pk
         self.attempt = job.attempt
         self.build_id = job.build_id
         self.on_lost = on_lost
+        self.on_finished = on_finished
         self.lost = False
         self.sink = LogSink(job, step_ids, publisher, secrets)
         self.result: BuildResult | None = None
@@ -269,6 +272,8 @@ class BuildReporter:
     def build_finished(self, result: BuildResult) -> None:
         self.flush()
         self.result = result
+        if self.on_finished is not None and not self.lost:
+            self.on_finished(result)
 
     def flush(self) -> None:
         self._guard(self.sink.flush, "storing the build's progress")

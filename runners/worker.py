@@ -25,7 +25,7 @@ from builds import services
 from builds.live import Publisher
 from builds.models import Build, Job, Status
 from builds.pipeline import Pipeline, PipelineError, load
-from runners.engine import Engine, Executor, StepResult
+from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
@@ -225,7 +225,15 @@ class Worker:
             self._abandon(job, unstarted, pipeline, str(exc))
             return
         # `engine` is created below; the reporter calls this only while it runs.
-        reporter = BuildReporter(job, steps, self.publisher, on_lost=lambda: engine.cancel())  # noqa: PLW0108
+        reporter = BuildReporter(
+            job,
+            steps,
+            self.publisher,
+            on_lost=lambda: engine.cancel(),  # noqa: PLW0108
+            # The job's result as soon as the engine has it, before the executor
+            # removes containers (~100 ms each) and the workspace.
+            on_finished=lambda result: self._conclude(running, result),
+        )
         engine = Engine(
             pipeline,
             executor,
@@ -241,7 +249,7 @@ class Worker:
                 job.build_id, {"type": "build.status", "build": job.build_id, "status": "running"}
             )
         try:
-            result = engine.run()
+            engine.run()
         except Exception as exc:
             # A reporter that cannot store (a database error other than an outage): end
             # the job with the reason now. Left to the reaper, it would run again and
@@ -254,7 +262,12 @@ class Worker:
             remove_workspace(workspace)
         if reporter.lost:
             log.warning("job %s attempt %s was taken from us", job.pk, job.attempt)
-        elif running.release:
+
+    def _conclude(self, running: _Running, result: BuildResult) -> None:
+        """The engine is done: finish the job, or hand it back if shutting down."""
+        running.engine = None  # the heartbeat leaves it alone from now on
+        job = running.job
+        if running.release:
             with_retry(lambda: job_release(job_id=job.pk, attempt=job.attempt), what="releasing")
         else:
             self._finish(job, str(result.status))

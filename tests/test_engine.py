@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from runners.engine import Engine, Status
+from builds.pipeline import Step
+from runners.engine import BuildResult, Engine, Status, StepOutcome, StepRun
 from runners.executors.local import LocalExecutor
 from tests.helpers import Recorder, pipeline, processes_matching, run_pipeline
 
@@ -398,3 +400,85 @@ def test_many_steps_all_finish(tmp_path: Path, jobs: int) -> None:
     steps = "\n".join(f"  - {{name: s{i}, run: 'echo {i}', needs: []}}" for i in range(30))
     rec = run_pipeline(f"steps:\n{steps}\n", tmp_path, jobs=jobs)
     assert all(rec.text(f"s{i}") == [str(i)] for i in range(30))
+
+
+class ToldReady(LocalExecutor):
+    """The real local executor, keeping what the engine tells it ahead of time."""
+
+    def __init__(self, workspace: Path, order: list[str]) -> None:
+        super().__init__(workspace)
+        self.order = order  # shared with the reporter: what happened, in order
+        self.envs: dict[str, dict[str, str]] = {}
+
+    def ready_soon(self, step: Step, env: Mapping[str, str]) -> None:
+        self.order.append(f"ready soon {step.name}")
+        self.envs[step.name] = dict(env)
+
+    def run_step(self, run: StepRun) -> StepOutcome:
+        self.order.append(f"run {run.step.name}")
+        assert run.env == self.envs.get(run.step.name, run.env), "told another env"
+        return super().run_step(run)
+
+    def cleanup(self) -> None:
+        self.order.append("cleanup")
+        super().cleanup()
+
+
+class OrderRecorder(Recorder):
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def build_finished(self, result: BuildResult) -> None:
+        self.order.append("build finished")
+        super().build_finished(result)
+
+
+DAG = """
+    env: {SHARED: pipeline}
+    steps:
+      - {name: A, run: sleep 0.3}
+      - {name: B, run: 'echo "$SHARED $OWN $EXTRA"', env: {OWN: b}, parallel: true}
+      - {name: C, run: sleep 0.3, parallel: true}
+      - {name: D, run: echo d}
+      - {name: Never, run: echo no, when: {branch: release}, needs: [A]}
+"""
+
+
+def test_the_executor_hears_of_each_step_one_stage_ahead_with_its_env(tmp_path: Path) -> None:
+    order: list[str] = []
+    executor = ToldReady(tmp_path, order)
+    rec = OrderRecorder(order)
+    Engine(pipeline(DAG), executor, rec, branch="main", env={"EXTRA": "x"}).run()
+    assert rec.text("B") == ["pipeline b x"]
+    assert order.index("ready soon B") < order.index("run B")
+    assert order.index("ready soon C") < order.index("run C")
+    # D only once B and C run, not when A does: one stage ahead, not the whole DAG.
+    assert order.index("run B") < order.index("ready soon D") < order.index("run D")
+    assert "ready soon A" not in order  # it started at once
+    assert "ready soon Never" not in order  # its `when` does not match
+    assert executor.envs["B"] == {
+        "SHARED": "pipeline",
+        "OWN": "b",
+        "EXTRA": "x",
+        "CI": "true",
+        "GOCI": "true",
+        "GOCI_STEP_NAME": "B",
+    }
+
+
+def test_the_result_is_reported_before_the_executor_cleans_up(tmp_path: Path) -> None:
+    order: list[str] = []
+    Engine(pipeline(SMALLEST), ToldReady(tmp_path, order), OrderRecorder(order)).run()
+    assert order[-2:] == ["build finished", "cleanup"]
+
+
+def test_a_step_told_ready_that_never_runs_is_still_cleaned_up(tmp_path: Path) -> None:
+    order: list[str] = []
+    text = SMALLEST.replace("echo testing", "sleep 0.2; exit 3")
+    rec = OrderRecorder(order)
+    Engine(pipeline(text), ToldReady(tmp_path, order), rec).run()
+    assert "ready soon Build" in order
+    assert "run Build" not in order
+    assert rec.status("Build") == "skipped"
+    assert order[-1] == "cleanup"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from builds.pipeline import Pipeline
-from runners.engine import Executor, StepOutcome, StepRun
+from collections.abc import Mapping
+
+from builds.pipeline import Pipeline, Step
+from runners.engine import Executor, GetsReady, StepOutcome, StepRun
 
 # What a server that refuses host steps (GOCI_HOST_STEPS=deny) tells the user.
 NO_HOST_STEPS = (
@@ -25,6 +27,11 @@ class ByImage:
             self.local.prepare(pipeline)
         if self.containers is not None:
             self.containers.prepare(pipeline)
+
+    def ready_soon(self, step: Step, env: Mapping[str, str]) -> None:
+        executor = self.containers if step.image is not None else self.local
+        if isinstance(executor, GetsReady):
+            executor.ready_soon(step, env)
 
     def run_step(self, run: StepRun) -> StepOutcome:
         if run.step.image is None:

@@ -1,8 +1,14 @@
 """Run each step in its own container, through the Docker Engine API (docker-py).
 
-One container per step (create, attach, start, wait, remove), all of a run on the
-run's own bridge network, the workspace bind-mounted at /workspace. Isolation
-defaults and their reasons: docs/security.md.
+One container per step (create, attach, start, wait, remove), every step on Goci's
+bridge network `goci-steps`, on which containers cannot reach each other (Docker's
+inter-container communication is off there), the workspace bind-mounted at
+/workspace. Isolation defaults and their reasons: docs/security.md.
+
+Only starting a container and running the step are on a step's critical path: the
+next steps' containers are created while the steps before them run (ready_soon), and
+containers are removed after the step's result is known. The network is made once per
+machine and kept: a network per run cost ~150 ms to create and ~240 ms to remove.
 
 Why not one long-lived container per image with `docker exec` per step (~80 ms
 instead of ~400 ms)? Steps would share a pids and memory limit, a fork bomb or a
@@ -22,7 +28,8 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,7 @@ import docker
 import docker.errors
 from docker.types import LogConfig, Mount
 
-from builds.pipeline import Pipeline
+from builds.pipeline import Pipeline, Step
 from runners.engine import StepOutcome, StepRun
 from runners.lines import format_size
 from runners.owner import owner_alive, owner_label
@@ -50,6 +57,10 @@ CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "
 LABEL_RUN = "goci.run"
 LABEL_STEP = "goci.step"
 LABEL_OWNER = "goci.owner"  # boot id, pid and start time of the goci process
+# The network every step runs on. Without inter-container communication a step
+# reaches the internet but not the containers of other builds, nor of its own.
+NETWORK = "goci-steps"
+NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
 
 # Frames of Docker's attach stream (no TTY): 1 byte stream, 3 zero, 4 bytes length.
 _HEADER = struct.Struct(">BxxxL")
@@ -83,16 +94,13 @@ def parse_memory(text: str) -> int:
 
 
 def connect(base_url: str | None = None) -> docker.DockerClient:
-    """A client for the engine at DOCKER_HOST (or base_url), checked with a ping."""
+    """A client for the engine at DOCKER_HOST (or base_url), checked by asking it."""
     url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    client = None
     try:
-        # Without a fixed API version, creating the client already asks the engine.
+        # Without a fixed API version, creating the client asks the engine for its
+        # version: that is the check (a ping after it would only cost a round trip).
         client = docker.DockerClient(base_url=url, timeout=30, version="auto")
-        client.ping()
     except (docker.errors.DockerException, OSError) as exc:
-        if client is not None:
-            client.close()
         raise DockerUnavailable(
             f"cannot reach the Docker engine at {url}: is dockerd running and may this "
             f"user use it? ({_explain(exc)})"
@@ -115,6 +123,30 @@ def prune(client: docker.DockerClient, *, everything: bool = False) -> list[str]
                 network.remove()
                 removed.append(f"network {network.name}")
     return removed
+
+
+def ensure_network(api: Any) -> None:
+    """Make Goci's step network unless it is there (made once per machine, kept).
+    Another run may be making it at the same moment: either one's is fine. One of that
+    name that lets containers reach each other is refused, not used."""
+
+    def found() -> dict[str, Any] | None:
+        return next((n for n in api.networks(names=[NETWORK]) if n["Name"] == NETWORK), None)
+
+    network = found()
+    if network is None:
+        with contextlib.suppress(docker.errors.APIError):  # 409: made by another run
+            api.create_network(
+                NETWORK, driver="bridge", options=NETWORK_OPTIONS, labels={"goci.network": "steps"}
+            )
+        network = found()
+    if network is None:
+        raise docker.errors.NotFound(f"the network {NETWORK} could not be created")
+    if not NETWORK_OPTIONS.items() <= (network.get("Options") or {}).items():
+        raise docker.errors.InvalidArgument(
+            f"the network {NETWORK} exists but lets containers reach each other; remove it "
+            f"(docker network rm {NETWORK}) and Goci makes it again"
+        )
 
 
 def from_environment(workspace: Path) -> DockerExecutor:
@@ -162,32 +194,53 @@ class DockerExecutor:
         self.kill_grace = kill_grace
         self.run_id = uuid.uuid4().hex[:12]
         self.labels = {LABEL_RUN: self.run_id, LABEL_OWNER: owner_label()}
-        self.network: str | None = None
+        self.network = NETWORK
+        self._network: Future[None] | None = None  # making sure it is there
+        # The network's check, prune and the containers made before their step starts.
+        self._background: ThreadPoolExecutor | None = None
+        self._early: dict[str, tuple[dict[str, Any], Future[str | None]]] = {}  # by step
         self._containers: set[str] = set()
         self._removers: list[threading.Thread] = []
         self._images: dict[str, tuple[threading.Lock, list[str | None]]] = {}
         self._lock = threading.Lock()
 
     def prepare(self, pipeline: Pipeline) -> None:
-        prune(self.client)  # what a crashed run on this machine left behind
-        name = f"goci-{self.run_id}"
-        self.api.create_network(name, driver="bridge", labels=self.labels)
-        self.network = name
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="goci-docker")
+        # Docker looks a container's network up when it starts the container, not when it
+        # creates it: the first step's container is created while the network is checked,
+        # and every step waits for that just before its start (_network_error).
+        self._network = self._background.submit(ensure_network, self.api)
+        # What a crashed run on this machine left behind: nothing of this run waits for it.
+        self._background.submit(prune, self.client)
 
     def cleanup(self) -> None:
+        if self._background is not None:
+            # Nothing is created after this: containers not begun are never made, those
+            # being made are finished and then removed below with the others.
+            self._background.shutdown(wait=True, cancel_futures=True)
+            self._background = None
         with self._lock:
             removers, self._removers = self._removers, []
+            self._early.clear()
         for remover in removers:
             remover.join()
         with self._lock:
             containers, self._containers = self._containers, set()
-        for container in containers:
+        for container in containers:  # made early for steps that never ran, or orphaned
             with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_container(container, force=True)
-        if self.network is not None:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.api.remove_network(self.network)
-            self.network = None
+        self._network = None
+
+    def ready_soon(self, step: Step, env: Mapping[str, str]) -> None:
+        """Create (not start) the container of a step while the steps before it run."""
+        workdir = self._workdir(step.workdir)
+        if step.image is None or workdir is None or self._background is None:
+            return
+        config = self._config(step, env, workdir)
+        with self._lock:
+            if step.name not in self._early:
+                future = self._background.submit(self._create_early, config)
+                self._early[step.name] = (config, future)
 
     def run_step(self, run: StepRun) -> StepOutcome:
         step = run.step
@@ -200,21 +253,28 @@ class DockerExecutor:
             return StepOutcome(error=error)
         if run.cancel.is_set():
             return StepOutcome(canceled=True)
+        config = self._config(step, run.env, workdir)
         try:
-            container = self._create(run, workdir)
+            container = self._made_early(step.name, config) or self._create(config)
         except docker.errors.APIError as exc:
             return StepOutcome(error=f"could not create the container: {_explain(exc)}")
         try:
+            error = self._network_error()
+            if error is not None:
+                return StepOutcome(error=error)
             return self._follow(container, run)
         except docker.errors.APIError as exc:
             return StepOutcome(error=f"the Docker engine failed: {_explain(exc)}")
         finally:
-            # Removal takes a while and nobody waits for it but cleanup(): the next
-            # step starts now. cleanup() joins these threads.
-            remover = threading.Thread(target=self._remove, args=(container,), daemon=True)
-            with self._lock:
-                self._removers.append(remover)
-            remover.start()
+            # The step's result is known: removal takes a while and nobody waits for it
+            # but cleanup(), the next step starts now.
+            self._remove_later(container)
+
+    def _remove_later(self, container: str) -> None:
+        remover = threading.Thread(target=self._remove, args=(container,), daemon=True)
+        with self._lock:
+            self._removers.append(remover)
+        remover.start()
 
     def _remove(self, container: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
@@ -230,8 +290,40 @@ class DockerExecutor:
             return None
         return f"{WORKSPACE}/{workdir}"
 
-    def _create(self, run: StepRun, workdir: str) -> str:
-        step = run.step
+    def _network_error(self) -> str | None:
+        assert self._network is not None, "prepare() was not called"
+        try:
+            self._network.result()
+        except (docker.errors.DockerException, OSError) as exc:
+            return f"could not create the network {NETWORK}: {_explain(exc)}"
+        return None
+
+    def _create_early(self, config: dict[str, Any]) -> str | None:
+        if not self._image_here(config["image"]):
+            return None  # the step pulls it itself, with the progress in its log
+        return self._create(config)
+
+    def _made_early(self, name: str, config: dict[str, Any]) -> str | None:
+        """The container made by ready_soon for this step, if it is made exactly as the
+        step would make it now (the same image, command, env, workdir, limits)."""
+        with self._lock:
+            early = self._early.pop(name, None)
+        if early is None:
+            return None
+        made, future = early
+        if future.cancel():  # not begun: the step creates its own without waiting
+            return None
+        try:
+            container = future.result()
+        except (docker.errors.DockerException, OSError):
+            return None  # the step creates its own and says what fails
+        if container is not None and made != config:
+            self._remove_later(container)
+            return None
+        return container
+
+    def _config(self, step: Step, env: Mapping[str, str], workdir: str) -> dict[str, Any]:
+        """create_container's arguments for a step."""
         limits = self.limits
         host_config = self.api.create_host_config(
             privileged=False,
@@ -250,17 +342,19 @@ class DockerExecutor:
             # copy on disk and cap a step at ~270k lines/s; without it, 1M lines in 0.9 s.
             log_config=LogConfig(type=LogConfig.types.NONE),
         )
-        env = {**run.env, "GOCI_WORKSPACE": WORKSPACE}
-        container: str = self.api.create_container(
-            step.image,
-            command=["/bin/sh", "-c", _WRAPPER, "goci", step.shell, "-e", "-c", step.run],
-            working_dir=workdir,
-            environment=env,
-            labels={**self.labels, LABEL_STEP: step.name},
-            host_config=host_config,
-            stdin_open=False,
-            tty=False,
-        )["Id"]
+        return {
+            "image": step.image,
+            "command": ["/bin/sh", "-c", _WRAPPER, "goci", step.shell, "-e", "-c", step.run],
+            "working_dir": workdir,
+            "environment": {**env, "GOCI_WORKSPACE": WORKSPACE},
+            "labels": {**self.labels, LABEL_STEP: step.name},
+            "host_config": host_config,
+            "stdin_open": False,
+            "tty": False,
+        }
+
+    def _create(self, config: dict[str, Any]) -> str:
+        container: str = self.api.create_container(**config)["Id"]
         with self._lock:
             self._containers.add(container)
         return container
@@ -331,6 +425,18 @@ class DockerExecutor:
             if not result:
                 result.append(self._pull_if_needed(image, run))
             return result[0]
+
+    def _image_here(self, image: str) -> bool:
+        """Whether the image is present for this run, without pulling it (a pull belongs
+        in the log of the step that needs it)."""
+        with self._lock:
+            lock, result = self._images.setdefault(image, (threading.Lock(), []))
+        with lock:
+            if not result and self.pull_policy != "always":
+                with contextlib.suppress(docker.errors.ImageNotFound):
+                    self.api.inspect_image(image)  # type: ignore[no-untyped-call]  # untyped in types-docker
+                    result.append(None)
+            return result == [None]
 
     def _pull_if_needed(self, image: str, run: StepRun) -> str | None:
         if self.pull_policy != "always":
