@@ -77,6 +77,8 @@ class GetsReady(Protocol):
 
 @dataclass(frozen=True)
 class StepResult:
+    """How a step ended, over all its attempts."""
+
     name: str
     status: Status
     exit_code: int | None = None
@@ -90,6 +92,8 @@ class StepResult:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """How the whole run ended, with every step's result."""
+
     status: Status
     steps: tuple[StepResult, ...]
     duration: float
@@ -120,12 +124,16 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class _Started:
+    """A step's attempt began (a step thread's event)."""
+
     step: Step
     attempt: int
 
 
 @dataclass(frozen=True)
 class _Log:
+    """Lines a step printed, numbered from first_line."""
+
     step: Step
     first_line: int
     lines: list[str]
@@ -134,6 +142,8 @@ class _Log:
 
 @dataclass(frozen=True)
 class _Finished:
+    """A step's attempt ended."""
+
     step: Step
     result: StepResult
 

@@ -13,6 +13,8 @@ import os
 import queue
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ CHECK_EVERY = 0.5
 # How often a worker looks for jobs whose lease expired (and at least every third of
 # the lease).
 REAP_EVERY = 5.0
+DOCKER_SOCKET = "/var/run/docker.sock"
 EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
 # PATH of host steps on a server (Docker's default): the worker's own may name its
 # virtualenv or other private tools.
@@ -99,6 +102,7 @@ class Worker:
         for thread in [*slots, beat]:
             thread.start()
         reaped = 0.0
+        pruner = prune_containers()
         try:
             clean_leftovers()
             while not self._stopping.is_set():
@@ -128,6 +132,10 @@ class Worker:
             beat.join()
             if listener is not None:
                 listener.stop()
+            if pruner is not None and pruner.poll() is None:
+                pruner.kill()  # harmless: the next start prunes again
+            if pruner is not None:
+                pruner.wait()
             self.close()
             connection.close()
 
@@ -450,7 +458,7 @@ def remove_workspace(workspace: Path) -> None:
 
 
 def clean_leftovers() -> None:
-    """Remove workspaces (and containers) of workers on this machine that died."""
+    """Remove workspaces of workers on this machine that died."""
     root = Path(settings.GOCI_WORKSPACE_ROOT)
     if root.is_dir():
         for path in root.iterdir():
@@ -461,17 +469,17 @@ def clean_leftovers() -> None:
         for path in root.glob(f"*{HOME_SUFFIX}"):  # a worker died between the two removals
             if not path.with_name(path.name.removesuffix(HOME_SUFFIX)).exists():
                 shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(Exception):
-        from runners.executors.docker import DockerUnavailable, connect, prune  # noqa: PLC0415
 
-        try:
-            client = connect()
-        except DockerUnavailable:
-            return
-        try:
-            prune(client)
-        finally:
-            client.close()
+
+def prune_containers() -> subprocess.Popen[bytes] | None:
+    """Remove the containers of dead runs on this machine (`goci docker prune`) in a
+    child process, where Docker is: docker-py (~7 MB) stays out of a worker until it
+    runs a container step, and every container run prunes again as it starts."""
+    if not (os.environ.get("DOCKER_HOST") or Path(DOCKER_SOCKET).exists()):
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", "goci.cli", "docker", "prune"], stdout=subprocess.DEVNULL
+    )
 
 
 def _on_postgres() -> bool:
