@@ -7,11 +7,11 @@ Every figure beside its target, from one run. goci and docker runs are interleav
   `docker run --rm` of the same image and command (target <= 1.05x; issue #4 had 1.15x)
 - a 1-step container pipeline through `goci run` against one `docker run --rm`
   (target <= 1.3x): until the result is printed, and until the process exits (it waits
-  for the container and the run's network to be removed)
+  for the step's container to be removed)
 - the import of docker-py, which a run with an image pays before its first step
 - lines/s of a container step printing 1,000,000 lines (target >= 200,000 lines/s)
-- `docker run --rm --network <user bridge>`, as Goci runs its steps (each run on a network
-  of its own), in the same rounds: the part of the gap that is Docker's
+- `docker run --rm --network <user bridge>`, as Goci runs its steps (on its network
+  goci-steps), in the same rounds: the part of the gap that is Docker's
 - for the record: `docker exec` into a running container (the design not adopted, see
   runners/executors/docker.py)
 """
@@ -39,8 +39,8 @@ GOCI = [sys.executable, "-m", "goci.cli", "run"]
 DOCKER_RUN = ["docker", "run", "--rm", IMAGE, "true"]
 DOCKER_RUN_NET = ["docker", "run", "--rm", "--network", "goci-bench", IMAGE, "true"]
 ENV = {**os.environ, "NO_COLOR": "1"}
-STEP_WHY = "starting a container on the run's own network, see the line above"
-ONE_WHY = "Python, docker-py's import, the network's creation and start on it"
+STEP_WHY = "starting a container on a user-defined network, see the line above"
+ONE_WHY = "Python, docker-py's import and the start on a user-defined network"
 IMPORT = (
     "import time; t = time.perf_counter(); import requests; r = time.perf_counter(); "
     "import docker; d = time.perf_counter(); print(r - t, d - t)"
@@ -154,7 +154,7 @@ def main() -> None:
         print(f"docker run --rm {IMAGE} true:  {ms(run_ms)}  (median of {len(docker_run)})")
         print(
             f"the same on a user network:       {ms(net_ms)}  "
-            f"(+{(net_ms - run_ms) * 1000:.0f} ms: Docker's cost of the run's own network)"
+            f"(+{(net_ms - run_ms) * 1000:.0f} ms: Docker's cost of a user-defined network)"
         )
         print(
             f"extra container step in goci run: {ms(step_ms)}  "
@@ -172,7 +172,7 @@ def main() -> None:
         )
         print(
             f"1-step pipeline, to exit:         {ms(exit_ms)}  {exit_ms / run_ms:5.2f}x   "
-            f"(after the result: the container and the run's network are removed)"
+            f"(after the result: the step's container is removed)"
         )
         print(
             f"import docker-py:                 {ms(statistics.median(d for _, d in imports))}"
