@@ -39,6 +39,7 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_cli.py
 	$(PY) bench/bench_docker.py
+	$(PY) bench/bench_up.py
 	$(PY) bench/bench_server.py
 	$(PY) bench/bench_browser.py
 

@@ -75,7 +75,7 @@ def import_times(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, f
         text=True,
         check=True,
     )
-    times = {}
+    times: dict[str, float] = {}
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
@@ -83,6 +83,26 @@ def import_times(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, f
         if not name.startswith("  "):  # nested imports are indented below their importer
             times[name.strip()] = times.get(name.strip(), 0) + int(cumulative) / 1000
     return times
+
+
+def install_pypyr() -> str | None:
+    """pypyr in a virtualenv of its own under var/ (made once; never a dependency of
+    Goci's), or None where PyPI cannot be reached."""
+    venv = REPO / "var" / "bench" / "pypyr"
+    pypyr = venv / "bin" / "pypyr"
+    if not pypyr.exists():
+        print("installing pypyr into var/bench/pypyr to compare start-up ...", flush=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+            subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "pypyr"],
+                check=True,
+                timeout=300,
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            print(f"  pypyr could not be installed ({exc})")
+            return None
+    return str(pypyr)
 
 
 def startup(work: Path) -> None:
@@ -101,7 +121,7 @@ def startup(work: Path) -> None:
     if script.exists():
         commands["goci run (console script)"] = [str(script), "run", one]
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    pypyr = shutil.which("pypyr", path=search)
+    pypyr = shutil.which("pypyr", path=search) or install_pypyr()
     if pypyr is not None:
         commands["pypyr, 1 cmd step"] = [pypyr, "pypyr-one"]
     samples: dict[str, list[float]] = defaultdict(list)
