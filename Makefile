@@ -42,6 +42,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_up.py
 	$(PY) bench/bench_server.py
 	$(PY) bench/bench_browser.py
+	$(PY) bench/bench_secrets.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

@@ -44,10 +44,12 @@ from ninja.security import HttpBearer
 from pydantic import BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
-from builds import access, services
+from builds import access, secrets, services
 from builds.logs import log_pieces, stream_text
 from builds.models import Build, Membership, Project, Role, Status, Step
 from builds.pipeline import MAX_BYTES, PipelineError
+from goci.audit import reading as audit_reading
+from goci.audit.models import AuditEvent
 
 PAGE_SIZE = 50
 # Numbers that become an OFFSET or a bound in SQL: beyond SQLite's (and PostgreSQL's
@@ -453,6 +455,82 @@ def remove_member(
     return Reply(204, None)
 
 
+class SecretIn(Schema):
+    # A misspelt field ("event") must not be dropped in silence.
+    model_config = ConfigDict(extra="forbid")
+
+    value: Annotated[str, Field(max_length=secrets.MAX_VALUE), Storable] | None = Field(
+        None,
+        description=f"At least {secrets.MIN_VALUE} characters; never shown again. "
+        "Required for a new secret; left out, a change keeps the value.",
+    )
+    events: list[Text] | None = Field(
+        None,
+        description="Events whose builds get it: push, pull_request, tag, manual, cron, "
+        "api. Default for a new secret: all but pull_request.",
+    )
+    branches: list[Annotated[str, Field(max_length=200), Storable]] | None = Field(
+        None, description="Branch globs (e.g. main, release/*); empty: any branch."
+    )
+
+
+class SecretOut(Schema):
+    """A secret's metadata: its value is never shown."""
+
+    name: str
+    is_global: bool = Field(description="Made by an admin for every project.")
+    events: list[str]
+    branches: list[str]
+    created_by: str | None
+    updated_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+SECRET_NAME = P(max_length=secrets.MAX_NAME, description="A-Z, 0-9 and _.")
+
+
+@api.get("/projects/{slug}/secrets", response={200: list[SecretOut], **DENIED}, tags=["secrets"])
+def list_secrets(request: HttpRequest, slug: PathEx[Text, SLUG]) -> list[secrets.SecretInfo]:
+    """The secrets the project's builds can use, its own and global ones: names and
+    metadata, never values. Role: maintainer."""
+    project = _find_project(request, slug, access.MANAGE)
+    return secrets.secret_list(project=project)
+
+
+@api.put(
+    "/projects/{slug}/secrets/{name}",
+    response={200: SecretOut, 201: SecretOut, **DENIED, **INVALID},
+    tags=["secrets"],
+)
+def set_secret(
+    request: HttpRequest,
+    slug: PathEx[Text, SLUG],
+    name: PathEx[Text, SECRET_NAME],
+    payload: SecretIn,
+) -> Reply[secrets.SecretInfo]:
+    """Create a secret (201) or change it (200). The answer has its metadata, never the
+    value. Role: maintainer."""
+    project = _find_project(request, slug, access.MANAGE)
+    _, created = secrets.secret_set(
+        project=project, name=name, user=_user(request), **payload.model_dump()
+    )
+    info = next(s for s in secrets.secret_list(project=project) if s.name == name)
+    return Reply(201 if created else 200, info)
+
+
+@api.delete("/projects/{slug}/secrets/{name}", response={204: None, **DENIED}, tags=["secrets"])
+def delete_secret(
+    request: HttpRequest, slug: PathEx[Text, SLUG], name: PathEx[Text, SECRET_NAME]
+) -> Reply[None]:
+    """Delete one of the project's secrets (global ones are the admin's). Role:
+    maintainer."""
+    project = _find_project(request, slug, access.MANAGE)
+    if not secrets.secret_delete(project=project, name=name):
+        raise _not_found(f"secret {name!r} of project '{project.slug}'")
+    return Reply(204, None)
+
+
 @api.post(
     "/builds",
     response={201: BuildDetailOut, 200: BuildDetailOut, **DENIED, 413: ErrorOut, **INVALID},
@@ -676,6 +754,11 @@ def _invalid_value(request: HttpRequest, exc: services.InvalidRequest) -> HttpRe
     return _error(422, str(exc), [{"message": str(exc)}])
 
 
+@api.exception_handler(secrets.SecretError)
+def _invalid_secret(request: HttpRequest, exc: secrets.SecretError) -> HttpResponse:
+    return _error(422, str(exc), [{"message": str(exc)}])
+
+
 @api.exception_handler(access.Denied)
 def _denied(request: HttpRequest, exc: access.Denied) -> HttpResponse:
     return _error(403, str(exc))
@@ -778,3 +861,90 @@ def urls() -> tuple[list[URLPattern | URLResolver], str, str]:
         app_name,
         namespace,
     )
+
+
+# ---------------------------------------------------------------------------
+# The audit log (goci/audit/reading.py: who reads which events, and the filters).
+
+
+class AuditFilter(Schema):
+    project: Annotated[str, Field(max_length=100), Storable] | None = Field(
+        None, description="A project's slug or id."
+    )
+    actor: Annotated[str, Field(max_length=150), Storable] | None = Field(
+        None, description="The actor's username."
+    )
+    action: Annotated[str, Field(max_length=50), Storable] | None = Field(
+        None, description="An action (member.add), or its kind (member)."
+    )
+    since: datetime | None = Field(None, description=f"From: {audit_reading.BOUND_HELP}.")
+    until: datetime | None = Field(
+        None, description="Until, excluded; a date takes in that whole day."
+    )
+    page: int = Field(1, ge=1, le=MAX_PAGE)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _check_bound(cls, value: object, info: Any) -> object:
+        if not isinstance(value, str):
+            return value
+        if len(value) > 40:
+            raise PydanticCustomError("bound", f"expected {audit_reading.BOUND_HELP}")
+        _storable(value)  # a NUL or a lone surrogate is named as in any text
+        try:
+            return audit_reading.bound(value, end=info.field_name == "until")
+        except ValueError as exc:
+            raise PydanticCustomError("bound", str(exc)) from None
+
+
+class AuditEventOut(Schema):
+    id: int
+    time: datetime
+    actor: str = Field(description="The username (kept after the user is deleted), or ''.")
+    action: str
+    project: str = Field(description="The project's slug (kept after it is deleted), or ''.")
+    object_type: str
+    object_id: str
+    via: str = Field(description="ui, api, cli, admin or webhook.")
+    address: str
+    user_agent: str
+    details: dict[str, Any]
+
+    @staticmethod
+    def resolve_time(event: AuditEvent) -> datetime:
+        return event.created_at
+
+    @staticmethod
+    def resolve_actor(event: AuditEvent) -> str:
+        return event.actor_name
+
+    @staticmethod
+    def resolve_project(event: AuditEvent) -> str:
+        return event.project_slug
+
+
+class AuditPageOut(Schema):
+    items: list[AuditEventOut] = Field(description="Newest first, at most 50.")
+    page: int
+    pages: int
+    count: int
+
+
+@api.get("/audit", response={200: AuditPageOut, **DENIED, **INVALID}, tags=["audit"])
+def list_audit(request: HttpRequest, filters: Query[AuditFilter]) -> dict[str, Any]:
+    """Who did what, newest first, 50 a page. Admins read every event; anyone else the
+    events of the projects they maintain or own. Role: maintainer (with `project`)."""
+    events = audit_reading.events_for(_user(request), filters.project)  # Denied: 403
+    if events is None:
+        raise _not_found(f"project {filters.project!r}")
+    chosen = audit_reading.Filters(
+        actor=filters.actor, action=filters.action, since=filters.since, until=filters.until
+    ).apply(events)
+    count = chosen.count()
+    start = (filters.page - 1) * PAGE_SIZE
+    return {
+        "items": list(chosen[start : start + PAGE_SIZE]),
+        "page": filters.page,
+        "pages": max(1, math.ceil(count / PAGE_SIZE)),
+        "count": count,
+    }

@@ -16,9 +16,9 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Q, QuerySet
 from django.http import QueryDict
 
-from builds import services
-from builds.models import Build, Project, Role, Status
-from builds.pipeline import MAX_BYTES, PipelineError, Problem
+from builds import secrets, services
+from builds.models import Build, Project, Role, Status, default_secret_events
+from builds.pipeline import EVENTS, MAX_BYTES, PipelineError, Problem
 
 
 class BuildFilterForm(forms.Form):
@@ -171,6 +171,54 @@ class ProjectSettingsForm(_ProjectFields):
         max_length=200,
         help_text="The file name shown with a pipeline's problems, e.g. .goci.yml",
     )
+
+
+class WriteOnlyTextarea(forms.Textarea):
+    """A secret's value is never sent back to the browser, not even to the user who
+    just typed it into a form with a problem."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
+class SecretForm(_Form):
+    """Set a secret of a project (builds.secrets.secret_set, which checks the rules)."""
+
+    name = forms.CharField(
+        max_length=secrets.MAX_NAME,
+        help_text="A-Z, 0-9 and _, e.g. DEPLOY_TOKEN; a step asks for it with "
+        "env: {TOKEN: {from_secret: deploy_token}}.",
+    )
+    value = forms.CharField(
+        max_length=secrets.MAX_VALUE,
+        required=False,
+        strip=False,
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        help_text=f"At least {secrets.MIN_VALUE} characters; it is never shown again. "
+        "Leave it empty to change only the rules of an existing secret.",
+    )
+    events = forms.MultipleChoiceField(
+        choices=[(event, event) for event in EVENTS],
+        initial=default_secret_events,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The builds that get it; pull requests only if you tick it.",
+    )
+    branches = forms.CharField(
+        max_length=1000,
+        required=False,
+        help_text="Branch globs, comma-separated (e.g. main, release/*); empty: any.",
+    )
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"].strip()
+        try:
+            return secrets.check_name(name)
+        except secrets.SecretError as exc:
+            raise forms.ValidationError(f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
+
+    def clean_branches(self) -> list[str]:
+        return [b.strip() for b in self.cleaned_data["branches"].split(",") if b.strip()]
 
 
 class ProjectDeleteForm(_Form):

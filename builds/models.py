@@ -93,6 +93,8 @@ class Build(models.Model):
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     cancel_requested = models.BooleanField(default=False)
+    # A pull request from another repository than the base: it never receives secrets.
+    fork = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -220,3 +222,46 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…) of {self.user}"
+
+
+def default_secret_events() -> list[str]:
+    # A pull request runs code its author chose: secrets reach it only when asked.
+    return ["push", "tag", "manual", "cron", "api"]
+
+
+class Secret(models.Model):
+    """A value a step may receive as an environment variable. Only its encryption is
+    stored (builds/secrets.py); nothing shows the value again after it is set."""
+
+    # NULL: a global secret, made by an admin, that every project can use.
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets"
+    )
+    name = models.CharField(max_length=200)
+    ciphertext = models.TextField(help_text="The value, encrypted with GOCI_SECRET_KEYS.")
+    events = models.JSONField(default=default_secret_events)
+    branches = models.JSONField(default=list, blank=True, help_text="Globs; empty: any.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"],
+                condition=Q(project__isnull=False),
+                name="secret_name_per_project",
+            ),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(project__isnull=True), name="global_secret_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project or 'global'} {self.name}"

@@ -22,7 +22,7 @@ import posixpath
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar, cast
 
@@ -97,6 +97,9 @@ class Step:
     parallel: bool = False
     needs: tuple[str, ...] | None = None  # None: implicit (previous stage); () : none
     env: Mapping[str, str] = field(default_factory=dict)  # step env merged over pipeline env
+    # Variable -> the name of the secret whose value it gets (`{from_secret: name}`),
+    # merged like env; the values are resolved by the worker, never kept here.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
     workdir: str | None = None  # relative to the workspace, validated not to escape lexically
     timeout: int | None = None  # seconds
     retry: int = 0
@@ -112,6 +115,7 @@ class Pipeline:
     name: str | None = None
     image: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict)  # variable -> secret name
     timeout: int | None = None  # seconds, the whole pipeline
     filename: str = "<pipeline>"
 
@@ -170,7 +174,18 @@ _ENV_SCHEMA: _Schema = {
         "pattern": _ENV_NAME,
         "not": {"anyOf": [{"enum": ["CI", "GOCI"]}, {"pattern": "^GOCI_"}]},
     },
-    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": ["string", "number", "boolean", "null"]},
+            {
+                "type": "object",
+                "description": "The value of a secret of the project (or a global one).",
+                "properties": {"from_secret": {"type": "string", "pattern": _ENV_NAME}},
+                "required": ["from_secret"],
+                "additionalProperties": False,
+            },
+        ]
+    },
 }
 
 # The keys of the format: the validator refuses any other key and json_schema()
@@ -317,6 +332,27 @@ def load_file(path: str | os.PathLike[str]) -> Pipeline:
         # One byte more than allowed: a file that grows after fstat is still caught.
         data = file.read(MAX_BYTES + 1)
     return load(data, filename)
+
+
+def secrets_wanted(pipeline: Pipeline) -> list[tuple[str, str]]:
+    """(step, secret name) for every secret a step asks for, in step order."""
+    return [(step.name, name) for step in pipeline.steps for name in step.secret_env.values()]
+
+
+def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
+    """The pipeline with each step's secrets in its env: only those it asks for. Made
+    just before it runs (worker, `goci run`) and never stored. `values`: by secret name,
+    every one that secrets_wanted() names."""
+    steps = tuple(
+        replace(
+            step,
+            env={**step.env, **{var: values[name] for var, name in step.secret_env.items()}},
+        )
+        if step.secret_env
+        else step
+        for step in pipeline.steps
+    )
+    return replace(pipeline, steps=steps)
 
 
 def plan(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
@@ -920,12 +956,7 @@ class _Checker:
         if id(node) in self.rejected:
             return None
         if not isinstance(node, ScalarNode):
-            message = f"expected {expected}, found {_describe(node)}"
-            if isinstance(node, MappingNode) and any(
-                k.value == "from_secret" for k, _ in node.value
-            ):
-                message += " (secrets are not supported yet)"
-            self.add(node, path, message)
+            self.add(node, path, f"expected {expected}, found {_describe(node)}")
             return None
         # The text as written: `010`, `yes` and `12:30` stay strings, never 8, True, 750.
         return str(node.value)
@@ -993,14 +1024,17 @@ class _Checker:
                 message = f"unknown key {name!r}" + (f" ({hint})" if hint else "")
             self.add(key, path, message)
 
-    def env(self, pairs: dict[str, tuple[Node, Node]], path: str) -> dict[str, str]:
+    def env(
+        self, pairs: dict[str, tuple[Node, Node]], path: str
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The plain variables, and those that come from a secret (variable -> secret)."""
         if "env" not in pairs:
-            return {}
+            return {}, {}
         where = _join(path, "env")
         mapping = self.mapping(pairs["env"][1], where, "a mapping of NAME: value")
         if mapping is None:
-            return {}
-        env = {}
+            return {}, {}
+        env, secrets = {}, {}
         for name, (key, value) in mapping.items():
             var_path = f"{where}.{name}"
             if not _ENV_NAME_RE.fullmatch(name):
@@ -1012,10 +1046,40 @@ class _Checker:
                 )
             elif name in ("CI", "GOCI") or name.startswith("GOCI_"):
                 self.add(key, var_path, f"{name!r} is set by Goci; choose another name")
-            text = self.text(value, var_path)
+            if isinstance(value, MappingNode) and id(value) not in self.rejected:
+                secret = self.from_secret(value, var_path)
+                if secret is not None:
+                    secrets[name] = secret
+                continue
+            text = self.text(value, var_path, "a string or {from_secret: name}")
             if text is not None:
                 env[name] = text
-        return env
+        return env, secrets
+
+    def from_secret(self, node: MappingNode, path: str) -> str | None:
+        mapping = self.pairs(node)
+        fallback = "a variable's mapping takes only 'from_secret'"
+        self.check_keys(mapping, path, {"from_secret": None}, {}, reserved=False, fallback=fallback)
+        if "from_secret" not in mapping:
+            if not mapping:
+                self.add(node, path, "expected {from_secret: name}, found an empty mapping")
+            return None
+        where = f"{path}.from_secret"
+        value = mapping["from_secret"][1]
+        name = self.text(value, where, "a secret's name")
+        if name is None:
+            return None
+        # Secret names are A-Z, 0-9 and _: `from_secret: deploy_token` (Woodpecker's
+        # lower case) names DEPLOY_TOKEN.
+        if not _ENV_NAME_RE.fullmatch(name):
+            self.add(
+                value,
+                where,
+                f"invalid secret name {name!r}: use letters, digits and _, "
+                "not starting with a digit",
+            )
+            return None
+        return name.upper()
 
     def when(self, pairs: dict[str, tuple[Node, Node]], path: str) -> When | None:
         if "when" not in pairs:
@@ -1063,9 +1127,9 @@ class _Checker:
         self.check_keys(pairs, "", _PIPELINE_KEYS, _PIPELINE_HINTS)
         name = self.scalar(pairs, "name", "", _parse_name)
         image = self.scalar(pairs, "image", "", _parse_image)
-        env = self.env(pairs, "")
+        env, secrets = self.env(pairs, "")
         timeout = self.scalar(pairs, "timeout", "", parse_duration, "a duration")
-        steps = self.read_steps(root, pairs, image, env)
+        steps = self.read_steps(root, pairs, image, env, secrets)
         if self.problems or steps is None:
             return None
         return Pipeline(
@@ -1073,6 +1137,7 @@ class _Checker:
             name=name,
             image=image,
             env=env,
+            secret_env=secrets,
             timeout=timeout,
             filename=self.filename,
         )
@@ -1083,6 +1148,7 @@ class _Checker:
         pairs: dict[str, tuple[Node, Node]],
         image: str | None,
         env: dict[str, str],
+        secrets: dict[str, str],
     ) -> list[Step] | None:
         if "steps" not in pairs:
             self.add(root, "", "missing key 'steps': a pipeline needs a list of steps to run")
@@ -1111,11 +1177,20 @@ class _Checker:
                 f"too many steps ({len(items)}); a pipeline may have at most {MAX_STEPS}",
             )
             return None
-        drafts = [self.read_step(item, index, image, env) for index, item in enumerate(items)]
+        drafts = [
+            self.read_step(item, index, image, env, secrets) for index, item in enumerate(items)
+        ]
         self.check_graph(drafts)
         return [draft.step for draft in drafts if draft.step is not None]
 
-    def read_step(self, node: Node, index: int, image: str | None, env: dict[str, str]) -> _Draft:
+    def read_step(
+        self,
+        node: Node,
+        index: int,
+        image: str | None,
+        env: dict[str, str],
+        secrets: dict[str, str],
+    ) -> _Draft:
         path = f"steps[{index}]"
         draft = _Draft(
             index=index, node=node, name=f"step {index + 1}", name_node=node, name_path=path
@@ -1136,7 +1211,7 @@ class _Checker:
         draft.parallel = bool(self.scalar(pairs, "parallel", path, _parse_bool, "true or false"))
         if "needs" in pairs:
             draft.needs = self.names(pairs["needs"][1], f"{path}.needs", allow_empty=True)
-        step_env = self.env(pairs, path)
+        step_env, step_secrets = self.env(pairs, path)
         workdir = self.scalar(pairs, "workdir", path, _parse_workdir)
         timeout = self.scalar(pairs, "timeout", path, parse_duration, "a duration")
         retry = self.scalar(pairs, "retry", path, _parse_retry, "a whole number from 0 to 5")
@@ -1154,7 +1229,9 @@ class _Checker:
                 image=own_image or image,
                 parallel=draft.parallel,
                 needs=needs,
-                env={**env, **step_env},
+                # A step's own variable, plain or secret, replaces the pipeline's.
+                env={k: v for k, v in env.items() if k not in step_secrets} | step_env,
+                secret_env={k: v for k, v in secrets.items() if k not in step_env} | step_secrets,
                 workdir=workdir,
                 timeout=timeout,
                 retry=retry or 0,

@@ -34,6 +34,7 @@ from builds.models import (
     Step,
 )
 from builds.pipeline import load, plan
+from goci import audit
 
 QUEUE_CHANNEL = "goci_queue"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -57,9 +58,11 @@ def token_digest(secret: str) -> str:
 def token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
     """A new API token and its secret, which is shown once and never stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(
-        user=user, name=name, prefix=secret[:10], digest=token_digest(secret)
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user, name=name, prefix=secret[:10], digest=token_digest(secret)
+        )
+        audit.record("token.create", obj=token, details={"name": name, "user": user.get_username()})
     return token, secret
 
 
@@ -117,6 +120,12 @@ def project_create(*, user: User, slug: str, name: str = "", **fields: Any) -> P
         with transaction.atomic():
             project = Project.objects.create(slug=slug, name=name or slug, **fields)
             Membership.objects.create(project=project, user=user, role=Role.OWNER)
+            audit.record(
+                "project.create",
+                project=project,
+                obj=project,
+                details={"owner": user.get_username()},
+            )
     except IntegrityError:
         raise Conflict(f"a project with the slug {slug!r} already exists") from None
     return project
@@ -132,14 +141,20 @@ def project_update(*, project: Project, **fields: Any) -> Project:
     if "name" in fields and not project.name:
         project.name = project.slug
     if fields:
-        project.save(update_fields=list(fields))
+        with transaction.atomic():
+            project.save(update_fields=list(fields))
+            changed = {name: getattr(project, name) for name in fields}
+            audit.record("project.update", project=project, obj=project, details=changed)
     return project
 
 
 def project_delete(*, project: Project) -> None:
     """Delete the project with its builds and logs. Running jobs lose their lease
     writes (their rows are gone) and stop at their next heartbeat."""
-    Project.objects.filter(pk=project.pk).delete()
+    with transaction.atomic():
+        # Recorded first: its project becomes NULL with the delete, its slug stays.
+        audit.record("project.delete", project=project, obj=project)
+        Project.objects.filter(pk=project.pk).delete()
 
 
 def project_transfer(*, project: Project, to: User) -> Membership:
@@ -150,8 +165,15 @@ def project_transfer(*, project: Project, to: User) -> Membership:
             raise InvalidRequest(
                 f"{to.get_username()} is not a member of {project.slug}: add them first"
             )
+        before = membership.role
         membership.role = Role.OWNER
         membership.save(update_fields=["role"])
+        audit.record(
+            "project.transfer",
+            project=project,
+            obj=project,
+            details={"to": to.get_username(), "role_before": before},
+        )
     return membership
 
 
@@ -181,6 +203,9 @@ def user_delete(*, user: User, with_projects: bool = False) -> list[str]:
             )
         for project in orphans:
             project_delete(project=project)
+        audit.record(
+            "user.delete", obj=user, details={"username": user.get_username(), "projects": slugs}
+        )
         user.delete()
     return slugs
 
@@ -191,7 +216,14 @@ def member_add(*, project: Project, user: User, role: str) -> Membership:
         raise InvalidRequest(f"role: {role!r} is not one of {', '.join(Role.values)}")
     try:
         with transaction.atomic():
-            return Membership.objects.create(project=project, user=user, role=role)
+            membership = Membership.objects.create(project=project, user=user, role=role)
+            audit.record(
+                "member.add",
+                project=project,
+                obj=membership,
+                details={"member": user.get_username(), "role": role},
+            )
+            return membership
     except IntegrityError:
         raise Conflict(
             f"{user.get_username()} is already a member of {project.slug}; change their role"
@@ -212,8 +244,15 @@ def member_change(*, membership: Membership, role: str) -> Membership:
             and not _owners_left(membership.project, membership)
         ):
             raise InvalidRequest("a project needs an owner: make someone else an owner first")
+        before = membership.role
         membership.role = role
         membership.save(update_fields=["role"])
+        audit.record(
+            "member.change",
+            project=membership.project,
+            obj=membership,
+            details={"member": membership.user.get_username(), "from": before, "to": role},
+        )
     return membership
 
 
@@ -226,6 +265,12 @@ def member_remove(*, membership: Membership) -> None:
             raise InvalidRequest(
                 "a project needs an owner: make someone else an owner first, or delete it"
             )
+        audit.record(
+            "member.remove",
+            project=membership.project,
+            obj=membership,
+            details={"member": membership.user.get_username(), "role": membership.role},
+        )
         membership.delete()
 
 
@@ -252,10 +297,12 @@ def build_create(
     trigger: str = Build.Trigger.API,
     idempotency_key: str | None = None,
     rerun_of: Build | None = None,
+    fork: bool = False,
 ) -> tuple[Build, bool]:
     """Queue a build of a pipeline; (build, created). The pipeline is validated first
     (PipelineError: nothing is stored). With an idempotency key, a retry - even a
-    concurrent one - returns the first build and created=False."""
+    concurrent one - returns the first build and created=False. `fork`: the code
+    comes from a fork's pull request, which never receives secrets."""
     parsed = load(pipeline, project.pipeline_path)
     deps = plan(parsed)
     env = _check_env(env or {})
@@ -285,6 +332,7 @@ def build_create(
                 env=env,
                 idempotency_key=idempotency_key or None,
                 rerun_of=rerun_of,
+                fork=fork,
             )
             job = Job.objects.create(build=build)
             Step.objects.bulk_create(
@@ -296,6 +344,19 @@ def build_create(
                     image=step.image or "",
                 )
                 for step in parsed.steps
+            )
+            # Not the env: its values may be credentials.
+            audit.record(
+                "build.rerun" if rerun_of is not None else "build.run",
+                project=locked,
+                obj=build,
+                details={
+                    "number": number,
+                    "trigger": trigger,
+                    "ref": ref,
+                    "commit": commit,
+                    **({"rerun_of": rerun_of.pk} if rerun_of is not None else {}),
+                },
             )
             notify_queue()
     except IntegrityError:
@@ -316,6 +377,9 @@ def build_cancel(*, build: Build) -> Build:
             return build
         build.cancel_requested = True
         build.save(update_fields=["cancel_requested"])
+        audit.record(
+            "build.cancel", project=build.project, obj=build, details={"number": build.number}
+        )
         now = timezone.now()
         queued = Job.objects.filter(build=build, status=Status.QUEUED)
         Step.objects.filter(job__in=queued, status=Status.QUEUED).update(status=Status.CANCELED)
@@ -337,6 +401,7 @@ def build_rerun(*, build: Build, author: User | None) -> Build:
         env=build.env,
         trigger=Build.Trigger.RERUN,
         rerun_of=build,
+        fork=build.fork,  # still a fork's code: no secrets for it either
     )
     return rerun
 

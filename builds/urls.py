@@ -35,6 +35,12 @@ urlpatterns = [
     path("projects/<slug:slug>/", views.project_detail, name="project"),
     path("projects/<slug:slug>/run", views.project_run, name="project-run"),
     path("projects/<slug:slug>/settings", views.project_settings, name="project-settings"),
+    path("projects/<slug:slug>/secrets", views.project_secret_set, name="project-secrets"),
+    path(
+        "projects/<slug:slug>/secrets/<str:name>/delete",
+        views.project_secret_delete,
+        name="project-secret-delete",
+    ),
     path("projects/<slug:slug>/delete", views.project_delete, name="project-delete"),
     path("projects/<slug:slug>/transfer", views.project_transfer, name="project-transfer"),
     path("projects/<slug:slug>/members", views.project_members, name="project-members"),

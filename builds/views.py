@@ -29,7 +29,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from builds import access, services
+from builds import access, secrets, services
 from builds.forms import (
     BuildFilterForm,
     MemberAddForm,
@@ -39,6 +39,7 @@ from builds.forms import (
     ProjectSettingsForm,
     ProjectTransferForm,
     RunPipelineForm,
+    SecretForm,
 )
 from builds.logs import iter_step_lines, log_pieces, stream_text
 from builds.models import Build, LogChunk, Membership, Project, Role, Status, Step
@@ -466,11 +467,14 @@ def _settings_page(
     form: ProjectSettingsForm | None = None,
     delete_form: ProjectDeleteForm | None = None,
     transfer_form: ProjectTransferForm | None = None,
+    secret_form: SecretForm | None = None,
 ) -> HttpResponse:
     initial = {name: getattr(project, name) for name in services.PROJECT_FIELDS}
     context: dict[str, Any] = {
         "project": project,
         "form": form or ProjectSettingsForm(initial=initial),
+        "secrets": secrets.secret_list(project=project),
+        "secret_form": secret_form or SecretForm(),
         **_can(project),
     }
     if context["can_own"]:
@@ -479,6 +483,45 @@ def _settings_page(
             candidates=_transfer_candidates(project)
         )
     return render(request, "builds/project_settings.html", context)
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def project_secret_set(request: HttpRequest, slug: str) -> HttpResponse:
+    """Maintainers create or change a secret; its value is never shown back."""
+    project = _project_or_404(request, slug, access.MANAGE)
+    form = SecretForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            _, created = secrets.secret_set(
+                project=project,
+                name=data["name"],
+                value=data["value"] or None,
+                user=request.user,  # type: ignore[arg-type]  # login_required
+                events=data["events"],
+                branches=data["branches"],
+            )
+        except secrets.SecretError as exc:
+            form.add_error(None, _sentence(exc))
+        else:
+            messages.success(
+                request, f"Secret {data['name']} {'created' if created else 'changed'}."
+            )
+            return redirect(reverse("builds:project-settings", args=[project.slug]) + "#secrets")
+    return _settings_page(request, project, secret_form=form)
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def project_secret_delete(request: HttpRequest, slug: str, name: str) -> HttpResponse:
+    project = _project_or_404(request, slug, access.MANAGE)
+    if not secrets.secret_delete(project=project, name=name):
+        raise Http404("no such secret")
+    messages.success(request, f"Secret {name} deleted.")
+    return redirect(reverse("builds:project-settings", args=[project.slug]) + "#secrets")
 
 
 @login_required

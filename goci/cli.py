@@ -24,13 +24,25 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from builds.pipeline import EVENTS, Pipeline, PipelineError, Step, json_schema, load_file
+from builds.pipeline import (
+    EVENTS,
+    Pipeline,
+    PipelineError,
+    Step,
+    json_schema,
+    load_file,
+    secrets_wanted,
+    with_secret_values,
+)
 from runners.engine import BuildResult, Engine, Executor, Status, StepResult
 from runners.executors import ByImage
 from runners.executors.local import LocalExecutor
-from runners.lines import DEFAULT_LOG_CAP, format_size
+from runners.lines import DEFAULT_LOG_CAP, MIN_SECRET, Masker, format_size
+
+if TYPE_CHECKING:
+    from builds.models import Project
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 # Looked for in this order when no file is named; .yml first, as Goci has always used it.
@@ -72,8 +84,10 @@ class ConsoleReporter:
         *,
         color: bool,
         timestamps: bool = False,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.out = out
+        self.mask = Masker(secrets)
         self.color = color
         self.timestamps = timestamps
         self.unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
@@ -108,6 +122,13 @@ class ConsoleReporter:
         self._write(f"{self.names[step.name]} {arrow} {what}: {first}\n")
 
     def step_log(self, step: Step, first_line: int, lines: Sequence[str], at: float) -> None:
+        if self.mask:
+            _, lines = self.mask.lines(step.name, first_line, lines)
+        self._lines(step, lines, at)
+
+    def _lines(self, step: Step, lines: Sequence[str], at: float) -> None:
+        if not lines:
+            return  # a piece of a long line, held until the next (Masker.lines)
         prefix = f"{self.names[step.name]} | "
         if self.timestamps:
             stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
@@ -116,13 +137,16 @@ class ConsoleReporter:
         self._write(prefix + ("\n" + prefix).join(lines) + "\n")
 
     def step_finished(self, step: Step, result: StepResult) -> None:
+        held = self.mask.release(step.name)
+        if held is not None:
+            self._lines(step, held[1], time.time())
         parts = [self._status(result.status)]
         if result.exit_code is not None:
             parts.append(f"exit {result.exit_code}")
         if result.status is not Status.SKIPPED:
             parts.append(f"in {format_seconds(result.duration)}")
         if result.error:
-            parts.append(f"({result.error})")
+            parts.append(f"({self.mask.text(result.error)})")
         if result.allowed_failure:
             parts.append("(failure allowed)")
         self._write(f"{self.names[step.name]} {' '.join(parts)}\n")
@@ -133,7 +157,7 @@ class ConsoleReporter:
     def build_finished(self, result: BuildResult) -> None:
         rows: list[tuple[str, ...]] = [("STEP", "STATUS", "EXIT", "DURATION", "NOTE")]
         for r in result.steps:
-            note = r.error or ""
+            note = self.mask.text(r.error or "")
             if r.allowed_failure:
                 note = "failure allowed" + (f"; {note}" if note else "")
             if r.attempts > 1:
@@ -179,6 +203,42 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--env {pair!r}: expected NAME=VALUE with NAME like FOO_BAR")
         env[name] = value
     return env
+
+
+def parse_secrets(pairs: Sequence[str], files: Sequence[str]) -> dict[str, str]:
+    """--secret NAME=VALUE and --secret-file NAME=PATH, by secret name (upper case, as
+    `from_secret: name` names it)."""
+    values = {}
+    for option, pair in [("--secret", p) for p in pairs] + [("--secret-file", p) for p in files]:
+        name, sep, value = pair.partition("=")
+        what = "VALUE" if option == "--secret" else "PATH"
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise UsageError(f"{option} {name!r}: expected NAME={what} with NAME like DEPLOY_TOKEN")
+        if option == "--secret-file":
+            try:
+                # One trailing newline is the editor's, not the value's.
+                value = Path(value).read_text().removesuffix("\n").removesuffix("\r")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"--secret-file {name}: cannot read {value!r}: {exc}") from None
+        if len(value) < MIN_SECRET:
+            raise UsageError(
+                f"{option} {name}: the value is shorter than {MIN_SECRET} characters, too "
+                "short to be masked in the output usefully"
+            )
+        values[name.upper()] = value
+    return values
+
+
+def pipeline_secrets(pipeline: Pipeline, given: dict[str, str]) -> Pipeline:
+    """The pipeline with the secrets its steps ask for; one not given is an error
+    before anything runs, as on a server."""
+    for step, name in secrets_wanted(pipeline):
+        if name not in given:
+            raise UsageError(
+                f"step {step!r} asks for secret {name}: give it with --secret {name}=VALUE "
+                f"or --secret-file {name}=PATH"
+            )
+    return with_secret_values(pipeline, given)
 
 
 def parse_size(text: str) -> int:
@@ -258,8 +318,9 @@ def docker_executor(workspace: Path) -> Executor:
 
 def cmd_run(args: argparse.Namespace) -> int:
     env = parse_env(args.env)
+    secrets = parse_secrets(args.secret, args.secret_file)
     args.file = pipeline_file(args.file, "run")
-    pipeline = read_pipeline(args.file)
+    pipeline = pipeline_secrets(read_pipeline(args.file), secrets)
     workspace = Path(args.file).resolve().parent
     needs_docker = any(step.image for step in pipeline.steps)
     executor = ByImage(
@@ -270,7 +331,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if branch is None and any(step.when for step in pipeline.steps):
         branch = git_branch(workspace)
     reporter = ConsoleReporter(
-        pipeline, sys.stdout, color=use_color(sys.stdout), timestamps=args.timestamps
+        pipeline,
+        sys.stdout,
+        color=use_color(sys.stdout),
+        timestamps=args.timestamps,
+        secrets=list(secrets.values()),
     )
     engine = Engine(
         pipeline,
@@ -403,7 +468,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     user = get_user_model().objects.filter(username=args.user).first()
     if user is None:
         raise UsageError(f"no user {args.user!r}: create one with `goci user add {args.user}`")
-    _, secret = token_create(user=user, name=args.name)
+    from goci.audit.context import from_cli  # noqa: PLC0415
+
+    with from_cli():
+        _, secret = token_create(user=user, name=args.name)
     print(secret)
     print(
         f"goci: token {args.name!r} for {args.user}; it is shown once, store it now",
@@ -419,8 +487,11 @@ def server_database() -> Iterator[None]:
     setup_django()
     from django.db import DatabaseError  # noqa: PLC0415
 
+    from goci.audit.context import from_cli  # noqa: PLC0415
+
     try:
-        yield
+        with from_cli():  # the audit log says it came from the command line, and whose
+            yield
     except DatabaseError as exc:
         raise UsageError(
             f"cannot use the database: {exc} (a new data directory gets its tables on the "
@@ -527,6 +598,110 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _secret_scope(args: argparse.Namespace, with_name: bool) -> tuple[Project | None, str]:
+    """The project (None with --global) and the secret's name ("" if not wanted)."""
+    from builds.models import Project  # noqa: PLC0415  (Django is set up by the caller)
+
+    expected = ([] if args.is_global else ["PROJECT"]) + (["NAME"] if with_name else [])
+    if len(args.names) != len(expected):
+        usage = " ".join(expected) or "no argument"
+        raise UsageError(f"expected {usage}" + (" with --global" if args.is_global else ""))
+    name = args.names[-1] if with_name else ""
+    if args.is_global:
+        return None, name
+    project = Project.objects.filter(slug=args.names[0]).first()
+    if project is None:
+        raise UsageError(f"no project {args.names[0]!r}")
+    return project, name
+
+
+def cmd_secret_set(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds import secrets  # noqa: PLC0415
+
+        project, name = _secret_scope(args, with_name=True)
+        try:
+            value = sys.stdin.buffer.read().decode()
+        except UnicodeDecodeError:
+            raise UsageError("the value on stdin is not UTF-8 text") from None
+        # One trailing newline is echo's or the file's, not the value's.
+        value = value.removesuffix("\n").removesuffix("\r")
+        events = None if args.events is None else [e for e in args.events.split(",") if e]
+        branches = None if args.branches is None else [b for b in args.branches.split(",") if b]
+        try:
+            _, created = secrets.secret_set(
+                project=project,
+                name=name,
+                value=value,
+                user=None,
+                events=events,
+                branches=branches,
+            )
+        except secrets.SecretError as exc:
+            raise UsageError(str(exc)) from None
+    where = f"project {project}" if project is not None else "every project (global)"
+    print(f"{'Created' if created else 'Changed'} the secret {name} of {where}.")
+    return EXIT_OK
+
+
+def cmd_secret_list(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds import secrets  # noqa: PLC0415
+
+        project, _ = _secret_scope(args, with_name=False)
+        found = secrets.secret_list(project=project)
+    if not found:
+        print("No secrets yet: set one with `goci secret set PROJECT NAME < value-file`.")
+        return EXIT_OK
+    rows = [("NAME", "SCOPE", "EVENTS", "BRANCHES", "UPDATED", "BY")]
+    for info in found:
+        rows.append(
+            (
+                info.name,
+                "global" if info.is_global else "project",
+                ",".join(info.events) or "-",
+                ",".join(info.branches) or "any",
+                info.updated_at.strftime("%Y-%m-%d %H:%M UTC"),
+                info.updated_by or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join(_row(row, widths) for row in rows))
+    return EXIT_OK
+
+
+def cmd_secret_delete(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds import secrets  # noqa: PLC0415
+
+        project, name = _secret_scope(args, with_name=True)
+        if not secrets.secret_delete(project=project, name=name):
+            raise UsageError(f"no secret {name!r} (`goci secret list` shows them)")
+    print(f"Deleted the secret {name}.")
+    return EXIT_OK
+
+
+def cmd_secret_rotate_key(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds import secrets  # noqa: PLC0415
+
+        try:
+            count = secrets.secrets_rotate()
+        except secrets.SecretError as exc:
+            raise UsageError(str(exc)) from None
+        derived = secrets.keys_derived()
+    print(f"Re-encrypted {count} secret{'s' * (count != 1)} with the first key", end="")
+    print(" (derived from SECRET_KEY)." if derived else " of GOCI_SECRET_KEYS.")
+    return EXIT_OK
+
+
+def cmd_secret_new_key(args: argparse.Namespace) -> int:
+    from cryptography.fernet import Fernet  # noqa: PLC0415
+
+    print(Fernet.generate_key().decode())
+    return EXIT_OK
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from goci.server import up  # noqa: PLC0415  (sets Django up and reports bad settings)
 
@@ -556,6 +731,8 @@ environment:
   GOCI_PUBLIC_URL     the address people open (https://ci.example.com): the allowed
                       host, trusted origin and links; https turns on secure cookies
   SECRET_KEY          signs sessions (default: generated once into GOCI_DATA_DIR)
+  GOCI_SECRET_KEYS    keys of the secrets at rest (`goci secret new-key`), first one
+                      encrypts; default: a key derived from SECRET_KEY
 More settings: docs/deploy.md."""
 
 
@@ -584,6 +761,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="K=V",
         help="set a variable for every step (repeatable); overrides the pipeline's env",
+    )
+    run.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a secret for steps that ask for it with `from_secret: name` (repeatable); "
+        "masked in the output. Visible to other users in `ps`: prefer --secret-file",
+    )
+    run.add_argument(
+        "--secret-file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a secret read from a file (one trailing newline dropped); repeatable",
     )
     run.add_argument("--branch", help="branch for `when` (default: the checked-out git branch)")
     run.add_argument(
@@ -713,6 +905,58 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", default="cli", type=text_arg, help="a name to recognise it by (default: cli)"
     )
     token_create.set_defaults(handler=cmd_token_create)
+
+    secret = commands.add_parser(
+        "secret",
+        help="manage the secrets builds get",
+        description="Secrets are encrypted with GOCI_SECRET_KEYS (or a key derived from "
+        "SECRET_KEY) and never shown again once set.",
+    )
+    secret_sub = secret.add_subparsers(dest="secret_command", required=True, metavar="COMMAND")
+    secret_set = secret_sub.add_parser(
+        "set",
+        help="create or change a secret; the value is read from stdin",
+        description="Create or change a secret of a project (or a global one with "
+        "--global); the value is read from stdin (one trailing newline dropped), at least "
+        f"{MIN_SECRET} characters.",
+    )
+    secret_list = secret_sub.add_parser(
+        "list", help="show a project's secrets (names and rules, never values)"
+    )
+    secret_delete = secret_sub.add_parser("delete", help="delete a secret")
+    for sub, usage in (
+        (secret_set, "PROJECT NAME"),
+        (secret_list, "PROJECT"),
+        (secret_delete, "PROJECT NAME"),
+    ):
+        sub.add_argument(
+            "names", nargs="*", metavar=usage, type=text_arg, help="without PROJECT with --global"
+        )
+        sub.add_argument(
+            "--global", dest="is_global", action="store_true", help="a secret of every project"
+        )
+    secret_set.add_argument(
+        "--events",
+        metavar="E1,E2",
+        help=f"events whose builds get it, of {','.join(EVENTS)} "
+        "(default for a new secret: all but pull_request)",
+    )
+    secret_set.add_argument(
+        "--branches", metavar="GLOB,...", help="only builds of these branches (default: any)"
+    )
+    secret_set.set_defaults(handler=cmd_secret_set)
+    secret_list.set_defaults(handler=cmd_secret_list)
+    secret_delete.set_defaults(handler=cmd_secret_delete)
+    rotate = secret_sub.add_parser(
+        "rotate-key",
+        help="re-encrypt every secret with the first key of GOCI_SECRET_KEYS",
+        description="Re-encrypt every secret with the first key of GOCI_SECRET_KEYS. To "
+        "rotate: put a new key (`goci secret new-key`) first, keep the old ones after it, "
+        "run this, then remove the old ones.",
+    )
+    rotate.set_defaults(handler=cmd_secret_rotate_key)
+    new_key = secret_sub.add_parser("new-key", help="print a new key for GOCI_SECRET_KEYS")
+    new_key.set_defaults(handler=cmd_secret_new_key)
 
     docker_cmd = commands.add_parser("docker", help="manage what Goci created in Docker")
     docker_sub = docker_cmd.add_subparsers(dest="docker_command", required=True, metavar="COMMAND")

@@ -226,6 +226,9 @@ def up(host: str, port: int, workers: int) -> int:
         configure_logging()
         if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
             say(f"Data: {settings.GOCI_DATA_DIR}")
+        from builds.secrets import key_notice  # noqa: PLC0415  (the models must be loaded)
+
+        say(key_notice())
         if not prepare():
             complain("cannot start: the database or the static files could not be prepared")
             return EXIT_FAILED

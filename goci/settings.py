@@ -105,6 +105,12 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 GOCI_DATA_DIR = Path(os.environ.get("GOCI_DATA_DIR", BASE_DIR / "var")).resolve()
 SECRET_KEY = env_secret("SECRET_KEY", "") or embedded_secret_key(GOCI_DATA_DIR)
+# Keys of the secrets kept at rest (Fernet keys, comma-separated): the first encrypts,
+# all decrypt, so a new key goes first and `goci secret rotate-key` moves every secret
+# to it. Empty: builds/secrets.py derives one from SECRET_KEY and says so at start-up.
+GOCI_SECRET_KEYS = [
+    key.strip() for key in env_secret("GOCI_SECRET_KEYS", "").split(",") if key.strip()
+]
 
 # Production behind a TLS proxy (docs/deploy.md). GOCI_PUBLIC_URL is the address people
 # open; goci.public.absolute_url() writes links with it.
@@ -159,6 +165,7 @@ INSTALLED_APPS = [
     "goci",
     "builds",
     "runners",
+    "goci.audit",
 ]
 
 MIDDLEWARE = [
@@ -170,6 +177,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",  # request.htmx: one URL serves page or fragment
+    "goci.audit.middleware.AuditOrigin",  # who acts, from where: for goci.audit.record
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "goci.middleware.ContentSecurityPolicy",
     # Last, as axes requires: it turns a locked-out sign-in into the lockout page.

@@ -15,5 +15,6 @@ urlpatterns = [
     # Browsers and feed readers ask for /favicon.ico whatever the page links. Not a
     # permanent redirect: the static file's URL may change (a hashed name).
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"))),
+    path("", include("goci.audit.urls")),
     path("", include("builds.urls")),
 ]

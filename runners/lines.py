@@ -2,12 +2,16 @@
 
 Every executor feeds raw bytes (chunks are not lines) into a StepLog; the same rules
 apply to all of them: invalid UTF-8 and NUL bytes become U+FFFD, lines over 64 KiB are
-split, and after the per-step cap one marker line says the rest was dropped.
+split, and after the per-step cap one marker line says the rest was dropped. The
+Masker, shared by the worker's log sink and `goci run`, hides secrets in those lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import re
+from collections.abc import Callable, Iterable, Sequence
+from urllib.parse import quote, quote_plus
 
 MAX_LINE_BYTES = 64 * 1024
 DEFAULT_LOG_CAP = 100 * 1024 * 1024
@@ -136,3 +140,136 @@ class StepLog:
             first = self.next_line
             self.next_line += len(lines)
             self._emit(first, lines)
+
+
+# -- masking secrets ----------------------------------------------------------------
+
+MASK = "********"
+# Shorter values are refused when a secret is set: "abc" is in too many log lines.
+MIN_SECRET = 4
+BASE64_WRAP = 76  # `base64` and PEM write their output in lines of this many characters
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def secret_forms(value: str) -> set[str]:
+    """The texts that give `value` away in a log: itself, each of its lines, its
+    base64 (standard and URL-safe, padded or not, and the part that is the same
+    wherever it starts in a longer encoded text) and its URL encodings."""
+    data = value.encode("utf-8", "surrogatepass")
+    exact = base64.b64encode(data).decode()
+    encoded = {exact, exact.rstrip("=")}
+    for shift in range(3):
+        # `echo "$TOKEN" | base64` encodes more than the value, and the value need not
+        # start on a 3-byte boundary: keep only the characters made of its bytes alone.
+        text = base64.b64encode(b"\0" * shift + data).decode().rstrip("=")
+        end = len(text) - (1 if (shift + len(data)) % 3 else 0)
+        core = text[(shift * 4 + 2) // 3 : end]
+        encoded.add(core)
+        # Wrapped output: each whole line of it, when the encoding starts at the value.
+        if shift == 0 and len(core) > BASE64_WRAP:
+            encoded |= {core[i : i + BASE64_WRAP] for i in range(0, len(core), BASE64_WRAP)}
+    forms = {value, *(line.removesuffix("\r") for line in value.split("\n"))}
+    forms |= encoded | {form.translate(_URLSAFE) for form in encoded}
+    forms |= {quote(value, safe=""), quote_plus(value, safe="")}
+    # The value itself is always masked; shorter derived forms would hide too much.
+    return {form for form in forms if len(form) >= MIN_SECRET or form == value}
+
+
+def _fills_piece(line: str) -> bool:
+    """Whether the line may be a piece of a longer one: LineSplitter cuts those at
+    MAX_LINE_BYTES (or up to 3 bytes before, not to split a character)."""
+    least = MAX_LINE_BYTES - 3
+    return len(line) * 4 >= least and len(line.encode("utf-8", "surrogatepass")) >= least
+
+
+class Masker:
+    """Replaces every form of every secret value (secret_forms) by MASK in log lines,
+    the longest first, so that a secret that contains another is masked whole.
+
+    Lines come whole, except the pieces of a line over MAX_LINE_BYTES, and a secret
+    may be cut in two between pieces: `lines()` holds back a line that fills a piece
+    until the next line of its stream comes (or `release()`), then masks what spans
+    the cut."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for value in secrets:
+            # Values of 1-2 characters would mask half of every log.
+            if len(value) >= MIN_SECRET - 1:
+                forms |= secret_forms(value)
+        ordered = sorted(forms, key=len, reverse=True)
+        self.forms = ordered
+        # An alternation tries its branches in order: the longest form wins where
+        # several start.
+        self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self.longest = len(ordered[0]) if ordered else 0
+        self.held: dict[str, tuple[int, str]] = {}  # stream -> (line number, raw piece)
+
+    def __bool__(self) -> bool:
+        return self.pattern is not None
+
+    def text(self, text: str) -> str:
+        if self.pattern is None or not self._found(text):
+            return text
+        return self.pattern.sub(MASK, text)
+
+    def _found(self, text: str) -> bool:
+        # Substring searches run at memory speed, the regex at a fraction of it (the
+        # alternation is tried at every position): ask the regex only where a form is.
+        return any(form in text for form in self.forms)
+
+    def __call__(self, lines: Sequence[str]) -> list[str]:
+        """Each line masked on its own (no pieces held)."""
+        return [self.text(line) for line in lines]
+
+    def lines(self, stream: str, first: int, lines: Sequence[str]) -> tuple[int, list[str]]:
+        """The next lines of a stream, masked, and the number of the first of them: a
+        held piece may come first, and a last piece may be held back (then fewer lines
+        come out than went in)."""
+        if self.pattern is None or not lines:
+            return first, list(lines)
+        if (
+            stream not in self.held
+            and max(map(len, lines)) * 4 < MAX_LINE_BYTES - 3  # no piece (_fills_piece)
+            and not self._found("\n".join(lines))
+        ):
+            return first, list(lines)  # the common case: a batch without any secret
+        out: list[str] = []
+        held = self.held.pop(stream, None)
+        pending = None
+        if held is not None:
+            first, pending = held
+        for line in lines:
+            rest = line
+            if pending is not None:
+                done, rest = self._across(pending, line)
+                out.append(done)
+            if _fills_piece(line):
+                pending = rest
+            else:
+                out.append(self.text(rest))
+                pending = None
+        if pending is not None:
+            self.held[stream] = (first + len(out), pending)
+        return first, out
+
+    def release(self, stream: str) -> tuple[int, list[str]] | None:
+        """The held piece of a stream that ended, masked."""
+        held = self.held.pop(stream, None)
+        if held is None:
+            return None
+        return held[0], [self.text(held[1])]
+
+    def _across(self, before: str, after: str) -> tuple[str, str]:
+        """`before` masked, and `after` without the end of a secret that began in
+        `before` (that secret is masked at the end of `before`)."""
+        assert self.pattern is not None
+        reach = self.longest - 1
+        tail = before[-reach:] if reach else ""
+        window = tail + after[:reach]
+        for start in range(len(tail)):
+            match = self.pattern.match(window, start)
+            if match is not None and match.end() > len(tail):
+                cut = len(before) - len(tail) + start
+                return self.text(before[:cut]) + MASK, after[match.end() - len(tail) :]
+        return self.text(before), after

@@ -29,13 +29,15 @@ from builds.live import Publisher, step_message
 from builds.models import Job
 from builds.pipeline import Step
 from runners.engine import BuildResult, StepResult
+from runners.lines import MASK, Masker
+
+__all__ = ["MASK", "BuildReporter", "LogSink", "Masker", "storable", "with_retry"]
 
 log = logging.getLogger(__name__)
 
 FLUSH_LINES = 2000
 FLUSH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.1
-MASK = "********"
 # How long a database outage may last before the worker gives the job up.
 RETRY_FOR = 120.0
 
@@ -62,26 +64,6 @@ def with_retry(call: Callable[[], T], *, what: str) -> T:
 def storable(line: str) -> str:
     """The line with NUL and lone surrogates as U+FFFD, which every database stores."""
     return _UNSTORABLE.sub("\ufffd", line)
-
-
-class Masker:
-    """Replaces every secret value in log lines (longest first, so that a secret that
-    contains another is masked whole)."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        self.secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
-
-    def __call__(self, lines: list[str]) -> list[str]:
-        if not self.secrets:
-            return lines
-        out = []
-        for line in lines:
-            masked = line
-            for secret in self.secrets:
-                if secret in masked:
-                    masked = masked.replace(secret, MASK)
-            out.append(masked)
-        return out
 
 
 class LogSink:
@@ -122,7 +104,20 @@ class LogSink:
         self.since = self.since or time.monotonic()
 
     def add(self, step: str, first_line: int, lines: Sequence[str]) -> None:
-        lines = self.mask(list(lines))
+        first_line, masked = self.mask.lines(step, first_line, lines)
+        self._pend(step, first_line, masked)
+
+    def release(self, step: str | None = None) -> None:
+        """The line the masker holds back for a step (all steps: None), now that the
+        step's output ended."""
+        for name in [step] if step is not None else list(self.mask.held):
+            held = self.mask.release(name)
+            if held is not None:
+                self._pend(name, *held)
+
+    def _pend(self, step: str, first_line: int, lines: list[str]) -> None:
+        if not lines:
+            return
         if step in self.pending:
             self.pending[step][1].extend(lines)
         else:
@@ -258,12 +253,14 @@ class BuildReporter:
 
     def step_finished(self, step: Step, result: StepResult) -> None:
         """Stored with what comes next, within FLUSH_SECONDS, or with the build's end."""
+        if not self.lost:
+            self._guard(lambda: self.sink.release(step.name), "storing log lines")
         started = (self.sink.states.get(step.name) or {}).get("started_at")
         self.sink.state(
             step.name,
             status=str(result.status),
             exit_code=result.exit_code,
-            error=result.error or "",
+            error=self.sink.mask.text(result.error or ""),
             started_at=started,
             finished_at=timezone.now() if started else None,
             image=step.image or "",
@@ -276,4 +273,5 @@ class BuildReporter:
             self.on_finished(result)
 
     def flush(self) -> None:
+        self._guard(self.sink.release, "storing log lines")
         self._guard(self.sink.flush, "storing the build's progress")

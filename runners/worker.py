@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -26,7 +27,8 @@ from django.db import close_old_connections, connection
 from builds import services
 from builds.live import Publisher
 from builds.models import Build, Job, Status
-from builds.pipeline import Pipeline, PipelineError, load
+from builds.pipeline import Pipeline, PipelineError, load, secrets_wanted, with_secret_values
+from builds.secrets import SecretError, SecretRefused, secrets_resolve
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage
@@ -46,6 +48,8 @@ CHECK_EVERY = 0.5
 REAP_EVERY = 5.0
 DOCKER_SOCKET = "/var/run/docker.sock"
 EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
+# How far back secret_scope() looks for the build a rerun reruns.
+MAX_RERUN_CHAIN = 100
 # PATH of host steps on a server (Docker's default): the worker's own may name its
 # virtualenv or other private tools.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -217,6 +221,24 @@ class Worker:
         except PipelineError as exc:  # validated at submit; only a format change gets here
             self._finish(job, Status.ERROR, f"the pipeline is no longer valid: {exc}")
             return
+        values: dict[str, str] = {}
+        if wanted := secrets_wanted(pipeline):
+            try:
+                values = with_retry(
+                    lambda: secrets_resolve(
+                        project=build.project,
+                        wanted=wanted,
+                        **secret_scope(build),
+                        branch=_branch(build.ref),
+                    ),
+                    what="reading secrets",
+                )
+            except (SecretRefused, SecretError) as exc:
+                # Before any step runs: every step shows why, and none ran without them.
+                unstarted = BuildReporter(job, steps, self.publisher, on_lost=lambda: None)
+                self._abandon(job, unstarted, pipeline, str(exc))
+                return
+            pipeline = with_secret_values(pipeline, values)
         hostless = [step.name for step in pipeline.steps if step.image is None]
         if hostless and settings.GOCI_HOST_STEPS != "allow":
             if not settings.GOCI_DEFAULT_IMAGE:
@@ -238,6 +260,7 @@ class Worker:
             steps,
             self.publisher,
             on_lost=lambda: engine.cancel(),  # noqa: PLW0108
+            secrets=list(values.values()),
             # The job's result as soon as the engine has it, before the executor
             # removes containers (~100 ms each) and the workspace.
             on_finished=lambda result: self._conclude(running, result),
@@ -417,6 +440,23 @@ def host_env(home: Path) -> dict[str, str]:
         "LANG": os.environ.get("LANG") or "C.UTF-8",
         "TZ": os.environ.get("TZ") or "UTC",
     }
+
+
+def secret_scope(build: Build) -> dict[str, Any]:
+    """The event and fork flag that decide which secrets a build gets. A rerun runs the
+    code of the build it reruns, so it is judged as that one: a rerun of a pull request
+    from a fork must not get secrets as a "manual" build."""
+    event = EVENTS.get(build.trigger, build.trigger)
+    fork = build.fork
+    origin: Build | None = build
+    for _ in range(MAX_RERUN_CHAIN):  # a loop, not recursion: chains may be long
+        if origin is None or origin.trigger != Build.Trigger.RERUN:
+            break
+        origin = origin.rerun_of
+        fork = fork or (origin is not None and origin.fork)
+    if origin is not None and origin.trigger != Build.Trigger.RERUN:
+        event = origin.trigger
+    return {"event": event, "fork": fork}
 
 
 def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:

@@ -117,6 +117,10 @@ def test_env_names_and_values_that_cannot_be_stored_are_422(
         ("/api/projects/sh%00op", "path", "slug"),
         ("/api/projects/shop/members", "path", None),
         ("/api/projects/shop/members/d%00ev", "path", "username"),
+        ("/api/audit?project=sh%00op", "query", "project"),
+        ("/api/audit?actor=a%00b", "query", "actor"),
+        ("/api/audit?action=a%00b", "query", "action"),
+        ("/api/audit?since=2026-12-01%00", "query", "since"),
     ],
 )
 def test_a_nul_in_a_query_or_path_parameter_is_422_naming_it(
@@ -169,6 +173,24 @@ def test_a_page_too_big_for_any_database_is_422_naming_it(
     response = api_call("get", f"/api/builds?page={page}", token)
 
     assert_invalid(response, "query", "page", words)
+
+
+@pytest.mark.parametrize(
+    ("query", "path", "words"),
+    [
+        (f"page={api_module.MAX_PAGE + 1}", "page", "less than or equal to"),
+        ("page=" + "9" * 5000, "page", "exceeded maximum size"),
+        ("since=yesterday", "since", "expected a date (2026-12-01)"),
+        ("until=9999-12-31", "until", "before the year 9999 ends"),
+        ("until=" + "9" * 5000, "until", "expected a date"),
+        ("since=%ED%B2%80", "since", "expected a date"),
+        ("actor=" + "x" * 10_000_000, "actor", "at most 150 characters"),
+    ],
+)
+def test_audit_filters_no_database_takes_are_422_naming_them(
+    token: str, query: str, path: str, words: str
+) -> None:
+    assert_invalid(api_call("get", f"/api/audit?{query}", token), "query", path, words)
 
 
 def test_the_last_page_allowed_is_just_empty(token: str) -> None:

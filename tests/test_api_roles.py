@@ -16,7 +16,8 @@ import pytest
 from django.test import Client
 
 from builds import services
-from builds.models import Build, Membership, Project, Role
+from builds.models import Build, Membership, Project, Role, Secret
+from builds.secrets import secret_set
 from tests.helpers import api_call, make_project, make_token, make_user
 
 PIPELINE = "steps:\n  - name: Build\n    run: make\n"
@@ -134,6 +135,30 @@ ROUTES = [
         "owner",
     ),
     Route(
+        "get",
+        "/api/projects/{slug}/secrets",
+        "/api/projects/shop/secrets",
+        None,
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "put",
+        "/api/projects/{slug}/secrets/{name}",
+        "/api/projects/shop/secrets/NEW_TOKEN",
+        {"value": "s3cret-value"},
+        (403, 403, 201, 201, 404),
+        "maintainer",
+    ),
+    Route(
+        "delete",
+        "/api/projects/{slug}/secrets/{name}",
+        "/api/projects/shop/secrets/DEPLOY_TOKEN",
+        None,
+        (403, 403, 204, 204, 404),
+        "maintainer",
+    ),
+    Route(
         "post",
         "/api/builds",
         "/api/builds",
@@ -167,6 +192,17 @@ ROUTES = [
         (403, 201, 201, 201, 404),
         "developer",
     ),
+    # The audit log: without a project, each reads what they may (admins all, the others
+    # their maintained projects' events); a project's log is for its maintainers.
+    Route("get", "/api/audit", "/api/audit", None, (200, 200, 200, 200, 200)),
+    Route(
+        "get",
+        "/api/audit",
+        "/api/audit?project=shop",
+        None,
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
 ]
 
 CASES = [
@@ -185,6 +221,7 @@ def shop(db: None) -> tuple[Project, Build]:
     make_user("newbie")
     make_user(ACTORS["outsider"])
     build, _ = services.build_create(project=project, pipeline=PIPELINE, author=owner)
+    secret_set(project=project, name="DEPLOY_TOKEN", value="deploy-value", user=owner)  # type: ignore[arg-type]
     return project, build
 
 
@@ -200,6 +237,7 @@ def state() -> dict[str, Any]:
         "projects": list(Project.objects.values_list("slug", "name")),
         "members": sorted(Membership.objects.values_list("user__username", "role")),
         "builds": list(Build.objects.values_list("id", "status", "cancel_requested")),
+        "secrets": list(Secret.objects.values_list("name", "ciphertext", "events")),
     }
 
 

@@ -110,6 +110,20 @@ def test_nul_or_broken_bytes_in_a_query_parameter_never_500(
         assert "No builds match these filters." in html(response)
 
 
+@pytest.mark.parametrize("value", [NUL, f"a{NUL}", SURROGATE, BROKEN, "9" * 5000, "x" * 10**7])
+@pytest.mark.parametrize("name", ["project", "actor", "action", "since", "until", "page"])
+@pytest.mark.parametrize("path", ["/audit/", "/audit/export.csv"])
+def test_hostile_audit_filters_are_a_400_never_a_500(
+    client: Client, path: str, name: str, value: str
+) -> None:
+    expected = 400
+    # Broken bytes arrive as U+FFFD, which is text like any other: no project is named
+    # so (404), and no actor or action (an empty list).
+    if value in (SURROGATE, BROKEN) and name in ("project", "actor", "action"):
+        expected = 404 if name == "project" else 200
+    assert client.get(f"{path}?{name}={value}").status_code == expected
+
+
 def test_a_nul_in_the_branch_filter_is_an_error_beside_it(client: Client) -> None:
     page = html(client.get(f"/?branch=main{NUL}"))
     assert "Null characters are not allowed." in page

@@ -17,8 +17,10 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from builds import services
-from builds.models import Build, Membership, Project, Role
+from builds.models import Build, Membership, Project, Role, Secret
+from builds.secrets import secret_set
 from builds.urls import urlpatterns
+from goci.audit.urls import urlpatterns as audit_urlpatterns
 from tests.helpers import make_project, make_user
 from tests.queue_helpers import submit
 
@@ -65,6 +67,10 @@ CASES = [
     Case("project-settings", "get", "/projects/web/settings", {}, MANAGE_GET),
     Case("project-settings", "post", "/projects/web/settings",
          {"name": "Renamed", "default_branch": "dev", "pipeline_path": "ci.yml"}, MANAGE),
+    Case("project-secrets", "post", "/projects/web/secrets",
+         {"name": "NEW_TOKEN", "value": "new-value", "events": "push"}, MANAGE),
+    Case("project-secret-delete", "post", "/projects/web/secrets/DEPLOY_TOKEN/delete", {},
+         MANAGE),
     Case("project-delete", "post", "/projects/web/delete", {"confirm": "web"}, OWN),
     Case("project-transfer", "post", "/projects/web/transfer", {"username": "developer"}, OWN),
     Case("project-members", "get", "/projects/web/members", {}, READ),
@@ -83,6 +89,12 @@ CASES = [
     Case("build-raw", "get", "/builds/{build}/log.txt", {}, READ),
     Case("step-raw", "get", "/builds/{build}/steps/0/raw", {}, READ),
     Case("step-lines", "get", "/builds/{build}/steps/0/lines", {}, READ),
+    # The audit log: anyone reads what they may (their maintained projects' events); a
+    # project's log is for its maintainers.
+    Case("audit", "get", "/audit/", {}, ANYONE),
+    Case("audit", "get", "/audit/?project=web", {}, MANAGE_GET),
+    Case("audit-export", "get", "/audit/export.csv", {}, ANYONE),
+    Case("audit-export", "get", "/audit/export.csv?project=web", {}, MANAGE_GET),
 ]  # fmt: skip
 
 
@@ -100,6 +112,7 @@ def world() -> dict[str, Any]:
     make_user("newcomer")
     make_project(users["outsider"], "elsewhere")
     build = submit(project, PIPELINE)  # type: ignore[arg-type]
+    secret_set(project=project, name="DEPLOY_TOKEN", value="deploy-value", user=owner)  # type: ignore[arg-type]
     return {"users": users, "build": build}
 
 
@@ -110,6 +123,7 @@ def state() -> Any:
         list(Project.objects.order_by("pk").values_list("slug", "name", "default_branch")),
         list(members.values_list("project__slug", "user__username", "role")),
         list(Build.objects.order_by("pk").values_list("pk", "status", "cancel_requested")),
+        list(Secret.objects.order_by("pk").values_list("name", "ciphertext", "events")),
     )
 
 
@@ -138,7 +152,8 @@ def test_each_page_answers_each_role_as_its_rules_say(
 
 
 def test_the_table_covers_every_page_of_the_dashboard() -> None:
-    names = {pattern.name for pattern in urlpatterns} - {"login", "logout"}  # type: ignore[union-attr]
+    patterns = [*urlpatterns, *audit_urlpatterns]
+    names = {pattern.name for pattern in patterns} - {"login", "logout"}  # type: ignore[union-attr]
     assert names == {case.name for case in CASES}
 
 

@@ -227,6 +227,7 @@ def test_every_key_is_read() -> None:
         "parallel": True,
         "needs": (),
         "env": {"A": "pipeline", "B": "step"},
+        "secret_env": {},
         "workdir": "./src/app",
         "timeout": 5400,
         "retry": 3,
@@ -795,11 +796,7 @@ def test_env_must_be_a_mapping_of_names_to_strings() -> None:
     found = problems(source)
     assert [(at(p), p.message) for p in found] == [
         ((4, 7, "steps[0].env"), "expected a mapping of NAME: value, found a list"),
-        (
-            (6, 14, "steps[1].env.A"),
-            "expected a string, found a mapping (secrets are not supported yet)",
-        ),
-        ((6, 39, "steps[1].env.B"), "expected a string, found a list"),
+        ((6, 39, "steps[1].env.B"), "expected a string or {from_secret: name}, found a list"),
     ]
 
 
@@ -1058,8 +1055,9 @@ def test_json_schema_keys_are_the_keys_the_validator_knows() -> None:
     properties = schema["properties"]
     step = schema["definitions"]["step"]
     when = schema["definitions"]["when"]
-    step_fields = {f.name for f in dataclasses.fields(Step)} - {"index"}
-    pipeline_fields = {f.name for f in dataclasses.fields(Pipeline)} - {"filename"}
+    # secret_env: what env: {X: {from_secret: y}} becomes, not a key of its own.
+    step_fields = {f.name for f in dataclasses.fields(Step)} - {"index", "secret_env"}
+    pipeline_fields = {f.name for f in dataclasses.fields(Pipeline)} - {"filename", "secret_env"}
     assert set(step["properties"]) == step_fields
     assert set(properties) == pipeline_fields
     assert set(when["properties"]) == {f.name for f in dataclasses.fields(When)}
