@@ -109,16 +109,17 @@ class StepAdmin(admin.ModelAdmin[Step]):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
-    list_display = ["name", "user", "prefix", "created_at", "last_used_at"]
+    list_display = ["name", "user", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at"]
     search_fields = ["name", "user__username", "prefix"]
-    readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
-    fields = ["user", "name", "prefix", "created_at", "last_used_at"]
+    readonly_fields = ["prefix", "digest", "created_at", "last_used_at", "revoked_at"]
+    fields = ["user", "name", "scopes", "expires_at", "prefix", "created_at", "last_used_at"]
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: object, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        token, secret = services.token_create(user=obj.user, name=obj.name)
+        # An expiry is set by changing the token once made.
+        token, secret = services.token_create(user=obj.user, name=obj.name, scopes=obj.scopes)
         obj.pk = token.pk
         # Shown once: only its digest is stored.
         self.message_user(

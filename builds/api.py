@@ -1,11 +1,13 @@
 """The REST API under /api/: projects, builds, their logs; OpenAPI at /api/openapi.json
 and browsable docs at /api/docs (served from ninja's own static files, no CDN).
 
-Every call needs a personal API token (`Authorization: Bearer <token>`). Handlers are
-thin: parse (ninja), look the object up through builds.access with the role the call
-needs (None is a 404 with the same body whether the object is missing or foreign;
-access.Denied is a 403 naming the role), make one service call, answer. Every error is
-JSON with a `detail`; a 422 also lists `errors` (docs/api.md).
+Every call but POST /api/auth/token needs a personal API token or a JWT obtained for one
+(`Authorization: Bearer <token>`), with the scope the call needs (`scope_needed`: read,
+run or admin, mapped once from the method and path). Handlers are thin: parse (ninja),
+look the object up through builds.access with the role the call needs (None is a 404
+with the same body whether the object is missing or foreign; access.Denied is a 403
+naming the role), make one service call, answer. Every error is JSON with a `detail`;
+a 422 also lists `errors` (docs/api.md).
 
 Every route is in `api.get_openapi_schema()["paths"]` (and `api.urls`), each
 operation's description naming the role it needs.
@@ -18,8 +20,10 @@ import math
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+from django.conf import settings
+from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
@@ -44,9 +48,18 @@ from ninja.security import HttpBearer
 from pydantic import BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
-from builds import access, secrets, services
+from builds import access, access_tokens, secrets, services
 from builds.logs import log_pieces, stream_text
-from builds.models import Build, Membership, Project, Role, Status, Step
+from builds.models import (
+    TOKEN_SCOPES,
+    ApiToken,
+    Build,
+    Membership,
+    Project,
+    Role,
+    Status,
+    Step,
+)
 from builds.pipeline import MAX_BYTES, PipelineError
 from goci.audit import reading as audit_reading
 from goci.audit.models import AuditEvent
@@ -82,11 +95,42 @@ class JsonObjectParser(Parser):
         return data
 
 
+def scope_needed(method: str, path: str) -> str:
+    """The token scope a call needs, for every route in one place: reading is `read`;
+    running builds (create, cancel, rerun) is `run`; any other change (projects,
+    members, secrets, tokens) is `admin`."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if path == "/api/builds" or path.startswith("/api/builds/"):
+        return "run"
+    return "admin"
+
+
 class BearerToken(HttpBearer):
-    """A personal API token (created with `goci token create` or in the admin)."""
+    """A personal API token (`goci token create`, POST /api/tokens, the admin), or a
+    JWT from POST /api/auth/token. Either carries scopes; a call outside them is a 403
+    naming the scope it needs."""
 
     def authenticate(self, request: HttpRequest, token: str) -> User | None:
-        return services.token_user(token) if token else None
+        if not token:
+            return None
+        if token.startswith(services.TOKEN_PREFIX):
+            found = services.token_find(token)
+            if found is None:
+                return None
+            user, scopes = found.user, list(found.scopes)
+        else:
+            access_token = access_tokens.check(token)
+            if access_token is None:
+                return None
+            user, scopes = access_token.user, access_token.scopes
+        needed = scope_needed(request.method or "GET", request.path_info)
+        if needed not in scopes:
+            # After authentication: who it is is known, what it may do is not enough.
+            raise HttpError(
+                403, f"this token lacks the {needed!r} scope; it has: {', '.join(scopes)}"
+            )
+        return user
 
 
 class LocalSwagger(Swagger):
@@ -109,8 +153,10 @@ api = NinjaAPI(
     title="Goci API",
     version="1",
     description=(
-        "Projects, builds and their logs. Every call needs a personal API token: "
-        "`Authorization: Bearer <token>`. Errors are JSON with a `detail`; "
+        "Projects, builds and their logs. Every call needs a personal API token, or a "
+        "JWT from `POST /api/auth/token`: `Authorization: Bearer <token>`, with the scope "
+        "the call needs (GET: read; builds: run; other changes: admin). Errors are JSON "
+        "with a `detail`; "
         "a 422 also lists `errors`."
     ),
     auth=BearerToken(),
@@ -947,4 +993,115 @@ def list_audit(request: HttpRequest, filters: Query[AuditFilter]) -> dict[str, A
         "page": filters.page,
         "pages": max(1, math.ceil(count / PAGE_SIZE)),
         "count": count,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Personal API tokens: each user's own. Another user's token is a 404, like a missing one.
+
+ScopeName = Literal["read", "run", "admin"]
+
+
+class TokenIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text = Field(min_length=1, max_length=200)
+    scopes: list[ScopeName] | None = Field(
+        None,
+        min_length=1,
+        description="Any of read, run, admin. Default: read and run.",
+    )
+    expires_in_days: int | None = Field(
+        None, ge=1, le=services.MAX_TOKEN_DAYS, description="Left out: it never expires."
+    )
+
+
+class TokenOut(Schema):
+    id: int
+    name: str
+    prefix: str = Field(description="Its first characters, to recognise it.")
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="The secret: shown this once, never again.")
+
+
+@api.get("/tokens", response=list[TokenOut], tags=["tokens"])
+def list_tokens(request: HttpRequest) -> QuerySet[ApiToken]:
+    """Your personal tokens that still work, newest first; never their secrets."""
+    return services.tokens_usable().filter(user=_user(request)).order_by("-id")
+
+
+@api.post("/tokens", response={201: TokenCreatedOut, **INVALID}, tags=["tokens"])
+def create_token(request: HttpRequest, payload: TokenIn) -> Reply[dict[str, Any]]:
+    """Create a personal token; its secret is in this answer only. Scope: admin."""
+    token, secret = services.token_create(
+        user=_user(request),
+        name=payload.name,
+        scopes=payload.scopes,
+        expires_in_days=payload.expires_in_days,
+    )
+    return Reply(201, {**TokenOut.model_validate(token).model_dump(), "token": secret})
+
+
+@api.delete("/tokens/{int:token_id}", response={204: None, **NOT_FOUND}, tags=["tokens"])
+def revoke_token(request: HttpRequest, token_id: int) -> Reply[None]:
+    """Revoke one of your tokens: it, and every JWT issued from it, stop working at
+    once. Scope: admin."""
+    token = services.tokens_usable().filter(user=_user(request), pk=token_id).first()
+    if token is None:
+        raise _not_found(f"token {token_id}")
+    services.token_revoke(token=token)
+    return Reply(204, None)
+
+
+class AccessTokenIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    token: Annotated[str, Field(max_length=200), Storable] | None = Field(
+        None, description="A personal token; or give username and password."
+    )
+    username: Annotated[str, Field(max_length=150), Storable] | None = None
+    password: Annotated[str, Field(max_length=4096), Storable] | None = None
+
+
+class AccessTokenOut(Schema):
+    access: str = Field(description="A JWT: send it as `Authorization: Bearer <jwt>`.")
+    expires_in: int = Field(description="Seconds it works for.")
+    scopes: list[str]
+
+
+@api.post(
+    "/auth/token",
+    auth=None,
+    response={200: AccessTokenOut, 401: ErrorOut, **INVALID},
+    tags=["tokens"],
+)
+def issue_access_token(request: HttpRequest, payload: AccessTokenIn) -> dict[str, Any]:
+    """Exchange a personal token (its scopes) or a username and password (every scope;
+    throttled like signing in) for a short-lived JWT. No Authorization header."""
+    if payload.token is not None:
+        token = services.token_find(payload.token)
+        if token is None:
+            raise HttpError(401, "this token is unknown, expired or revoked")
+        user, scopes = token.user, list(token.scopes)
+    elif payload.username is not None and payload.password is not None:
+        # Through the authentication backends, so that django-axes counts a failure and
+        # refuses a locked-out username or address (it answers None, as for a bad password).
+        found = authenticate(request=request, username=payload.username, password=payload.password)
+        if not isinstance(found, User) or not found.is_active:
+            raise HttpError(
+                401, "wrong username or password, or too many failures: try again later"
+            )
+        user, token, scopes = found, None, list(TOKEN_SCOPES)
+    else:
+        raise services.InvalidRequest("give either token, or username and password")
+    return {
+        "access": access_tokens.issue(user=user, scopes=scopes, token=token),
+        "expires_in": settings.GOCI_JWT_TTL,
+        "scopes": scopes,
     }

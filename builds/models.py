@@ -208,6 +208,21 @@ class LogChunk(models.Model):
         return self.text.split("\n")
 
 
+# What a personal token may do: `read` every GET; `run` builds (create, cancel, rerun);
+# `admin` manage projects, members, secrets and tokens (builds/api.py maps the routes).
+TOKEN_SCOPES = ("read", "run", "admin")
+
+
+def default_token_scopes() -> list[str]:
+    # A token for scripts and CI by default: it reads and runs builds, but cannot change
+    # who may do what, nor mint tokens; `admin` is asked for by name.
+    return ["read", "run"]
+
+
+def all_token_scopes() -> list[str]:
+    return list(TOKEN_SCOPES)
+
+
 class ApiToken(models.Model):
     """A personal API token. Only a SHA-256 of it is stored: the token is shown once."""
 
@@ -219,6 +234,10 @@ class ApiToken(models.Model):
     digest = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(default=default_token_scopes, help_text="read, run, admin")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never.")
+    # Kept, not deleted, once revoked: the audit log and JWTs issued from it name it.
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…) of {self.user}"

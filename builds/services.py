@@ -18,11 +18,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
 from builds.models import (
     FINISHED,
+    TOKEN_SCOPES,
     ApiToken,
     Build,
     Job,
@@ -32,6 +34,7 @@ from builds.models import (
     Role,
     Status,
     Step,
+    default_token_scopes,
 )
 from builds.pipeline import load, plan
 from goci import audit
@@ -49,31 +52,93 @@ class InvalidRequest(ValueError):
 
 
 TOKEN_PREFIX = "goci_"  # noqa: S105  (a public prefix, not a secret)
+MAX_TOKEN_DAYS = 3650  # ten years: beyond it "never" says it better
 
 
 def token_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
-    """A new API token and its secret, which is shown once and never stored."""
+def token_scopes_problem(scopes: Sequence[str]) -> str | None:
+    """What is wrong with a list of scopes, or None (the API and the CLI say the same)."""
+    unknown = [scope for scope in scopes if scope not in TOKEN_SCOPES]
+    if unknown:
+        return f"unknown scope {unknown[0]!r}: choose from {', '.join(TOKEN_SCOPES)}"
+    if not scopes:
+        return f"give at least one scope of {', '.join(TOKEN_SCOPES)}"
+    return None
+
+
+def token_create(
+    *,
+    user: User,
+    name: str,
+    scopes: Sequence[str] | None = None,
+    expires_in_days: int | None = None,
+) -> tuple[ApiToken, str]:
+    """A new API token and its secret, which is shown once and never stored. Scopes
+    default to read and run (models.default_token_scopes); no expiry: it lasts until
+    revoked."""
+    chosen = list(dict.fromkeys(scopes)) if scopes is not None else default_token_scopes()
+    if problem := token_scopes_problem(chosen):
+        raise InvalidRequest(f"scopes: {problem}")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        raise InvalidRequest(f"expires_in_days: give 1 to {MAX_TOKEN_DAYS}, or none")
+    expires_at = (
+        timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
+    )
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         token = ApiToken.objects.create(
-            user=user, name=name, prefix=secret[:10], digest=token_digest(secret)
+            user=user,
+            name=name,
+            prefix=secret[:10],
+            digest=token_digest(secret),
+            scopes=chosen,
+            expires_at=expires_at,
         )
         audit.record("token.create", obj=token, details={"name": name, "user": user.get_username()})
     return token, secret
 
 
-def token_user(secret: str) -> User | None:
-    """The active user of a bearer token, or None. The digest is looked up by equality
-    on a unique index: a SHA-256 of a 256-bit secret leaks nothing through timing."""
-    token = ApiToken.objects.select_related("user").filter(digest=token_digest(secret)).first()
-    if token is None or not token.user.is_active:
+def tokens_usable() -> QuerySet[ApiToken]:
+    """Tokens that still work: neither revoked nor expired."""
+    return ApiToken.objects.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    )
+
+
+def token_find(secret: str) -> ApiToken | None:
+    """The usable token of an active user with this secret, or None. The digest is
+    looked up by equality on a unique index: a SHA-256 of a 256-bit secret leaks
+    nothing through timing."""
+    token = (
+        tokens_usable()
+        .select_related("user")
+        .filter(digest=token_digest(secret), user__is_active=True)
+        .first()
+    )
+    if token is None:
         return None
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token.user
+    return token
+
+
+def token_user(secret: str) -> User | None:
+    """The active user of a usable bearer token, or None."""
+    token = token_find(secret)
+    return token.user if token is not None else None
+
+
+def token_revoke(*, token: ApiToken) -> None:
+    """Stop a token working at once (and the JWTs issued from it, which name it).
+    Revoking it again changes nothing."""
+    with transaction.atomic():
+        if ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        ):
+            audit.record("token.revoke", obj=token, details={"name": token.name})
+    token.refresh_from_db(fields=["revoked_at"])
 
 
 # Sent once a transaction that queued, re-queued or canceled a job has committed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from builds import logs, views
+from builds import logs, token_pages, views
 
 
 class UsernameConverter:
@@ -54,6 +54,8 @@ urlpatterns = [
         views.member_remove,
         name="project-member-remove",
     ),
+    path("account/tokens", token_pages.tokens, name="tokens"),
+    path("account/tokens/<int:token_id>/revoke", token_pages.token_revoke, name="token-revoke"),
     path("builds/<int:build_id>/", views.build_detail, name="build"),
     path("builds/<int:build_id>/cancel", views.build_cancel, name="build-cancel"),
     path("builds/<int:build_id>/rerun", views.build_rerun, name="build-rerun"),

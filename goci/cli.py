@@ -42,6 +42,8 @@ from runners.executors.local import LocalExecutor
 from runners.lines import DEFAULT_LOG_CAP, MIN_SECRET, Masker, format_size
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
     from builds.models import Project
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -459,24 +461,76 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
-    setup_django()
-    from django.contrib.auth import get_user_model  # noqa: PLC0415
-
-    from builds.services import token_create  # noqa: PLC0415
+def _token_owner(args: argparse.Namespace) -> User:
+    from django.contrib.auth import get_user_model  # noqa: PLC0415  (set up by the caller)
 
     user = get_user_model().objects.filter(username=args.user).first()
     if user is None:
         raise UsageError(f"no user {args.user!r}: create one with `goci user add {args.user}`")
-    from goci.audit.context import from_cli  # noqa: PLC0415
+    return user
 
-    with from_cli():
-        _, secret = token_create(user=user, name=args.name)
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    with server_database():
+        from builds.services import InvalidRequest, token_create  # noqa: PLC0415
+
+        try:
+            token, secret = token_create(
+                user=_token_owner(args),
+                name=args.name,
+                scopes=scopes,
+                expires_in_days=args.expires_in_days,
+            )
+        except InvalidRequest as exc:
+            raise UsageError(str(exc)) from None
     print(secret)
+    expiry = f"until {token.expires_at:%Y-%m-%d %H:%M UTC}" if token.expires_at else "no expiry"
     print(
-        f"goci: token {args.name!r} for {args.user}; it is shown once, store it now",
+        f"goci: token {args.name!r} (id {token.pk}) for {args.user}, scopes "
+        f"{','.join(token.scopes)}, {expiry}; it is shown once, store it now",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds.services import tokens_usable  # noqa: PLC0415
+
+        tokens = list(tokens_usable().filter(user=_token_owner(args)).order_by("id"))
+    if not tokens:
+        print(f"No tokens: create one with `goci token create --user {args.user}`.")
+        return EXIT_OK
+    rows = [("ID", "NAME", "PREFIX", "SCOPES", "EXPIRES", "LAST USED")]
+    for token in tokens:
+        rows.append(
+            (
+                str(token.pk),
+                token.name,
+                token.prefix,
+                ",".join(token.scopes),
+                f"{token.expires_at:%Y-%m-%d %H:%M UTC}" if token.expires_at else "never",
+                f"{token.last_used_at:%Y-%m-%d %H:%M UTC}" if token.last_used_at else "never",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join(_row(row, widths) for row in rows))
+    return EXIT_OK
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds.services import token_revoke, tokens_usable  # noqa: PLC0415
+
+        token = tokens_usable().filter(user=_token_owner(args), pk=args.id).first()
+        if token is None:
+            raise UsageError(
+                f"{args.user} has no token {args.id} that still works "
+                f"(`goci token list --user {args.user}`)"
+            )
+        token_revoke(token=token)
+    print(f"goci: token {token.name!r} (id {token.pk}) of {args.user} revoked", file=sys.stderr)
     return EXIT_OK
 
 
@@ -904,7 +958,37 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument(
         "--name", default="cli", type=text_arg, help="a name to recognise it by (default: cli)"
     )
+    token_create.add_argument(
+        "--scopes",
+        default="read,run",
+        type=text_arg,
+        help="comma-separated, of read, run, admin (default: read,run; admin manages "
+        "projects, members, secrets and tokens)",
+    )
+    token_create.add_argument(
+        "--expires-in-days",
+        type=int,
+        metavar="N",
+        help="the token stops working after N days (default: never)",
+    )
     token_create.set_defaults(handler=cmd_token_create)
+    token_list = token_sub.add_parser(
+        "list",
+        help="list a user's tokens that still work",
+        description="List a user's personal API tokens that are neither revoked nor "
+        "expired: id, name, prefix, scopes, expiry; never the secrets.",
+    )
+    token_list.add_argument("--user", required=True, type=text_arg, help="whose tokens")
+    token_list.set_defaults(handler=cmd_token_list)
+    token_revoke = token_sub.add_parser(
+        "revoke",
+        help="revoke a token, and the JWTs issued from it, at once",
+        description="Revoke one of a user's personal API tokens by its id (`goci token "
+        "list`); it and the JWTs issued from it stop working at once.",
+    )
+    token_revoke.add_argument("--user", required=True, type=text_arg, help="whose token")
+    token_revoke.add_argument("id", metavar="ID", type=int, help="the token's id")
+    token_revoke.set_defaults(handler=cmd_token_revoke)
 
     secret = commands.add_parser(
         "secret",

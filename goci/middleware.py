@@ -17,7 +17,7 @@ from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.db.models import Max, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.deprecation import MiddlewareMixin
@@ -111,6 +111,8 @@ def signin_locked_out(request: HttpRequest, *args: Any) -> HttpResponse:
         f"Try again in {minutes} minute{'s' if minutes != 1 else ''} "
         f"(after {until:%H:%M} UTC)."
     )
+    if request.path.startswith("/api/"):  # POST /api/auth/token: the API answers JSON
+        return JsonResponse({"detail": message}, status=429)
     initial = {"username": username}
     next_url = request.POST.get("next", "")
     match = request.resolver_match

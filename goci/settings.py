@@ -245,6 +245,10 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# How long a JWT from POST /api/auth/token works, in seconds (15 minutes): short, since
+# only a revocation of the personal token it came from ends it sooner.
+GOCI_JWT_TTL = env_int("GOCI_JWT_TTL", 900)
+
 # The queue and the workers.
 GOCI_LEASE_SECONDS = env_int("GOCI_LEASE_SECONDS", 30)
 GOCI_JOB_MAX_ATTEMPTS = env_int("GOCI_JOB_MAX_ATTEMPTS", 2)

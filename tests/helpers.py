@@ -119,10 +119,12 @@ def make_user(name: str) -> object:
 
 
 def make_token(user: object) -> str:
-    """A personal API token of the user; the secret to send as `Bearer <secret>`."""
+    """A personal API token of the user with every scope (tests of roles need admin
+    ones); the secret to send as `Bearer <secret>`."""
     from builds import services
+    from builds.models import TOKEN_SCOPES
 
-    _, secret = services.token_create(user=user, name="test")  # type: ignore[arg-type]
+    _, secret = services.token_create(user=user, name="test", scopes=TOKEN_SCOPES)  # type: ignore[arg-type]
     return secret
 
 

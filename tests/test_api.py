@@ -968,6 +968,9 @@ def test_the_openapi_schema_lists_every_endpoint(db: None) -> None:
         "/api/projects/{slug}/secrets",
         "/api/projects/{slug}/secrets/{name}",
         "/api/audit",
+        "/api/tokens",
+        "/api/tokens/{token_id}",
+        "/api/auth/token",
     }
     assert set(schema["paths"]["/api/builds"]) == {"get", "post"}
     assert set(schema["paths"]["/api/projects/{slug}"]) == {"get", "patch", "delete"}

@@ -58,6 +58,8 @@ BODIES = {
     "project": ("post", "/api/projects", {"slug": "new"}),
     "settings": ("patch", "/api/projects/shop", {}),
     "member": ("post", "/api/projects/shop/members", {"username": "dev"}),
+    "token": ("post", "/api/tokens", {"name": "ci"}),
+    "exchange": ("post", "/api/auth/token", {"username": "dev", "password": "guess"}),
 }
 TEXT_FIELDS = [
     ("build", "project"),
@@ -74,6 +76,10 @@ TEXT_FIELDS = [
     ("settings", "default_branch"),
     ("settings", "pipeline_path"),
     ("member", "username"),
+    ("token", "name"),
+    ("exchange", "token"),
+    ("exchange", "username"),
+    ("exchange", "password"),
 ]
 
 
@@ -294,6 +300,8 @@ def test_json_nested_within_the_limit_is_an_ordinary_422(token: str) -> None:
         ("patch", "/api/projects/shop"),
         ("post", "/api/projects/shop/members"),
         ("patch", "/api/projects/shop/members/olivia"),
+        ("post", "/api/tokens"),
+        ("post", "/api/auth/token"),
     ],
 )
 def test_ten_megabytes_to_any_route_with_a_body_is_413(token: str, method: str, url: str) -> None:

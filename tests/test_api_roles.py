@@ -16,7 +16,7 @@ import pytest
 from django.test import Client
 
 from builds import services
-from builds.models import Build, Membership, Project, Role, Secret
+from builds.models import ApiToken, Build, Membership, Project, Role, Secret
 from builds.secrets import secret_set
 from tests.helpers import api_call, make_project, make_token, make_user
 
@@ -203,6 +203,18 @@ ROUTES = [
         (403, 403, 200, 200, 404),
         "maintainer",
     ),
+    # Tokens are each user's own, whatever their roles; {token} is the caller's.
+    Route("get", "/api/tokens", "/api/tokens", None, (200, 200, 200, 200, 200)),
+    Route("post", "/api/tokens", "/api/tokens", {"name": "ci"}, (201, 201, 201, 201, 201)),
+    Route("delete", "/api/tokens/{token_id}", "/api/tokens/{token}", None, (204,) * 5),
+    # No token needed; a user with no password gets no JWT.
+    Route(
+        "post",
+        "/api/auth/token",
+        "/api/auth/token",
+        {"username": "tim", "password": "guess"},
+        (401, 401, 401, 401, 401),
+    ),
 ]
 
 CASES = [
@@ -249,7 +261,9 @@ def test_each_role_gets_what_it_may_do_and_a_refusal_changes_nothing(
     token = make_token(user_named(ACTORS[role]))
     before = state()
 
-    response = api_call(route.method, route.url.format(build=build.pk), token, route.body)
+    token_id = ApiToken.objects.get(digest=services.token_digest(token)).pk
+    url = route.url.format(build=build.pk, token=token_id)
+    response = api_call(route.method, url, token, route.body)
 
     assert response.status_code == answer, response.content
     if answer >= 400:

@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from builds import services
-from builds.models import Build, Membership, Project, Role, Secret
+from builds.models import ApiToken, Build, Membership, Project, Role, Secret
 from builds.secrets import secret_set
 from builds.urls import urlpatterns
 from goci.audit.urls import urlpatterns as audit_urlpatterns
@@ -95,6 +95,10 @@ CASES = [
     Case("audit", "get", "/audit/?project=web", {}, MANAGE_GET),
     Case("audit-export", "get", "/audit/export.csv", {}, ANYONE),
     Case("audit-export", "get", "/audit/export.csv?project=web", {}, MANAGE_GET),
+    # Tokens are each user's own (tests/test_tokens.py revokes one's own and not another's).
+    Case("tokens", "get", "/account/tokens", {}, ANYONE),
+    Case("tokens", "post", "/account/tokens", {"name": "ci", "scopes": "read"}, (201,) * 5),
+    Case("token-revoke", "post", "/account/tokens/999999/revoke", {}, (404,) * 5),
 ]  # fmt: skip
 
 
@@ -124,6 +128,7 @@ def state() -> Any:
         list(members.values_list("project__slug", "user__username", "role")),
         list(Build.objects.order_by("pk").values_list("pk", "status", "cancel_requested")),
         list(Secret.objects.order_by("pk").values_list("name", "ciphertext", "events")),
+        list(ApiToken.objects.order_by("pk").values_list("pk", "revoked_at")),
     )
 
 

@@ -141,7 +141,7 @@ def create_token(data_dir: Path, username: str) -> str:
         "from django.contrib.auth import get_user_model\n"
         "from builds.services import token_create\n"
         f"user = get_user_model().objects.create_user({username!r})\n"
-        "print(token_create(user=user, name='test')[1])",
+        "print(token_create(user=user, name='test', scopes=['read', 'run', 'admin'])[1])",
     ).splitlines()[-1]
 
 
