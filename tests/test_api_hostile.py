@@ -17,7 +17,7 @@ import pytest
 
 from builds import api as api_module
 from builds import services
-from builds.models import Build, Membership, Project
+from builds.models import ApiToken, Build, Membership, Project, Secret
 from tests.helpers import REPO, api_call, make_project, make_token, make_user
 
 PIPELINE = "steps:\n  - name: Build\n    run: make\n"
@@ -35,6 +35,8 @@ def token(db: None) -> str:
 
 def state() -> dict[str, Any]:
     return {
+        "secrets": list(Secret.objects.values()),
+        "tokens": list(ApiToken.objects.values("name", "scopes", "expires_at", "revoked_at")),
         "projects": list(Project.objects.values()),
         "members": sorted(Membership.objects.values_list("user__username", "role")),
         "builds": Build.objects.count(),
@@ -60,6 +62,7 @@ BODIES = {
     "member": ("post", "/api/projects/shop/members", {"username": "dev"}),
     "token": ("post", "/api/tokens", {"name": "ci"}),
     "exchange": ("post", "/api/auth/token", {"username": "dev", "password": "guess"}),
+    "secret": ("put", "/api/projects/shop/secrets/DEPLOY_TOKEN", {"value": "long enough"}),
 }
 TEXT_FIELDS = [
     ("build", "project"),
@@ -80,6 +83,7 @@ TEXT_FIELDS = [
     ("exchange", "token"),
     ("exchange", "username"),
     ("exchange", "password"),
+    ("secret", "value"),
 ]
 
 
@@ -389,3 +393,45 @@ def test_a_database_that_cannot_be_reached_is_503_in_json_with_retry_after(
             "detail": "the database is unavailable; try again in a few seconds"
         }
         assert "secret" not in body
+
+
+# ---------------------------------------------------------------------------
+# Secrets and tokens: names in the path, a value of 10 MB, numbers no one means
+
+
+DEPLOY_URL = "/api/projects/shop/secrets/DEPLOY"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("put", "/api/projects/shop/secrets/DE%00PLOY", {"value": "long enough"}),
+        ("delete", "/api/projects/shop/secrets/DE%00PLOY", None),
+        ("put", "/api/projects/shop/secrets/DE%ED%B2%80PLOY", {"value": "long enough"}),
+        ("put", "/api/projects/shop/secrets/" + "A" * 10_000, {"value": "long enough"}),
+        ("put", "/api/projects/shop/secrets/DEPLOY", {"value": "x" * 10_000_000}),
+        ("put", "/api/projects/shop/secrets/DEPLOY", {"value": "abc"}),
+        ("put", "/api/projects/shop/secrets/DEPLOY", {"value": "long enough", "events": ["a\x00"]}),
+        (
+            "put",
+            "/api/projects/shop/secrets/DEPLOY",
+            {"value": "long enough", "branches": ["\udc80"]},
+        ),
+        ("post", "/api/tokens", {"name": "ci", "expires_in_days": 10**30}),
+        ("post", "/api/tokens", {"name": "ci", "expires_in_days": -1}),
+        ("post", "/api/tokens", {"name": "ci", "scopes": ["read", "a\x00"]}),
+        ("delete", "/api/tokens/" + "9" * 5000, None),
+    ],
+)
+def test_hostile_secrets_and_tokens_are_4xx_in_json_and_change_nothing(
+    token: str, method: str, url: str, body: dict[str, Any] | None
+) -> None:
+    before = state()
+
+    response = api_call(method, url, token, body)
+
+    assert 400 <= response.status_code < 500, response.content
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["detail"]
+    assert state() == before
+    assert "long enough" not in response.content.decode()  # never a value echoed

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from builds import services
-from builds.models import Build, Membership, Project, Role
+from builds.models import ApiToken, Build, Membership, Project, Role, Secret
 from tests.helpers import make_project, make_user
 from tests.queue_helpers import submit
 
@@ -55,6 +55,8 @@ def state() -> Any:
                                                          "default_branch", "pipeline_path")),
         list(Membership.objects.order_by("pk").values_list("user__username", "role")),
         list(Build.objects.order_by("pk").values_list("pk", "ref", "commit", "cancel_requested")),
+        list(Secret.objects.order_by("pk").values_list("name", "ciphertext", "branches")),
+        list(ApiToken.objects.order_by("pk").values_list("name", "expires_at")),
     )  # fmt: skip
 
 
@@ -167,6 +169,9 @@ FORMS = [
     ("/projects/web/members/dora", {"role": "viewer"}),
     ("/projects/web/transfer", {"username": "dora"}),
     ("/projects/web/delete", {"confirm": "web"}),
+    ("/projects/web/secrets", {"name": "DEPLOY_TOKEN", "value": "long-enough-value",
+                               "events": "push", "branches": "main"}),
+    ("/account/tokens", {"name": "laptop", "scopes": "read", "expires_in_days": "30"}),
 ]  # fmt: skip
 FIELDS = [(url, field) for url, fields in FORMS for field in fields]
 
@@ -184,8 +189,10 @@ def test_a_nul_in_any_form_field_is_an_error_beside_it_and_changes_nothing(
     response = post_raw(client, url, body)
     assert response.status_code == 200, html(response)[:3000]
     page = html(response)
-    if field == "role" or url.endswith("/transfer"):  # a choice: NUL is not one of them
+    if field in ("role", "events", "scopes") or url.endswith("/transfer"):  # choices
         assert "Select a valid choice." in page or "Role of dora: choose a role." in page
+    elif field == "expires_in_days":
+        assert "Enter a whole number." in page
     else:
         assert "Null characters are not allowed." in page
     assert state() == before
@@ -203,7 +210,7 @@ def test_broken_bytes_in_any_form_field_never_500_nor_reach_the_database(
     )
     for headers in ({}, HTMX):
         response = post_raw(client, url, body, **headers)
-        assert response.status_code in (200, 302), html(response)[:3000]
+        assert response.status_code in (200, 201, 302), html(response)[:3000]  # 201: a token
     # Whatever was stored is text any database and any page can hold.
     for row in state():
         for values in row:
@@ -250,4 +257,15 @@ def test_ten_megabytes_in_any_form_field_is_a_400_that_changes_nothing(
     # Django refuses a form body over DATA_UPLOAD_MAX_MEMORY_SIZE before any view reads it.
     assert response.status_code == 400
     assert "a form may hold at most 2.5 MB" in html(response)
+    assert state() == before
+
+
+@pytest.mark.parametrize("days", [str(10**30), "9" * 5000, "-1", "0"])
+def test_a_token_expiry_no_calendar_holds_is_an_error_beside_it(client: Client, days: str) -> None:
+    before = state()
+    response = client.post(
+        "/account/tokens", {"name": "ci", "scopes": "read", "expires_in_days": days}
+    )
+    assert response.status_code == 200
+    assert 'class="errorlist' in html(response)
     assert state() == before
