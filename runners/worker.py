@@ -444,19 +444,15 @@ def host_env(home: Path) -> dict[str, str]:
 
 def secret_scope(build: Build) -> dict[str, Any]:
     """The event and fork flag that decide which secrets a build gets. A rerun runs the
-    code of the build it reruns, so it is judged as that one: a rerun of a pull request
-    from a fork must not get secrets as a "manual" build."""
-    event = EVENTS.get(build.trigger, build.trigger)
-    fork = build.fork
+    code of the build it reruns, so it is judged by that one's event (build_rerun
+    copies the fork flag): a rerun of a pull request must not count as "manual"."""
     origin: Build | None = build
     for _ in range(MAX_RERUN_CHAIN):  # a loop, not recursion: chains may be long
         if origin is None or origin.trigger != Build.Trigger.RERUN:
             break
         origin = origin.rerun_of
-        fork = fork or (origin is not None and origin.fork)
-    if origin is not None and origin.trigger != Build.Trigger.RERUN:
-        event = origin.trigger
-    return {"event": event, "fork": fork}
+    trigger = origin.trigger if origin is not None else build.trigger
+    return {"event": EVENTS.get(trigger, trigger), "fork": build.fork}
 
 
 def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:
