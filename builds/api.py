@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
@@ -111,7 +112,9 @@ class BearerToken(HttpBearer):
     JWT from POST /api/auth/token. Either carries scopes; a call outside them is a 403
     naming the scope it needs."""
 
-    def authenticate(self, request: HttpRequest, token: str) -> User | None:
+    def authenticate(
+        self, request: HttpRequest, token: str
+    ) -> User | access_tokens.JobAccess | None:
         if not token:
             return None
         if token.startswith(services.TOKEN_PREFIX):
@@ -123,6 +126,8 @@ class BearerToken(HttpBearer):
             access_token = access_tokens.check(token)
             if access_token is None:
                 return None
+            if isinstance(access_token, access_tokens.JobAccess):
+                return _job_may(request, access_token)
             user, scopes = access_token.user, access_token.scopes
         needed = scope_needed(request.method or "GET", request.path_info)
         if needed not in scopes:
@@ -131,6 +136,24 @@ class BearerToken(HttpBearer):
                 403, f"this token lacks the {needed!r} scope; it has: {', '.join(scopes)}"
             )
         return user
+
+
+JOB_ROUTE = re.compile(r"/api/builds/(\d+)(?:/logs)?")
+
+
+def _job_may(request: HttpRequest, job: access_tokens.JobAccess) -> access_tokens.JobAccess:
+    """A job token reads its own build and that build's logs: any other build is not
+    found, as for a user who may not see it, and any other call is refused."""
+    match = JOB_ROUTE.fullmatch(request.path_info)
+    if request.method != "GET" or match is None:
+        raise HttpError(
+            403,
+            "a job token reads only its own build: "
+            f"GET /api/builds/{job.build_id} and /api/builds/{job.build_id}/logs",
+        )
+    if int(match[1]) != job.build_id:
+        raise _not_found(f"build {match[1]}")
+    return job
 
 
 class LocalSwagger(Swagger):
@@ -167,7 +190,9 @@ api = NinjaAPI(
 
 
 def _user(request: HttpRequest) -> User:
-    user: User = request.auth  # type: ignore[attr-defined]  # set by BearerToken
+    user = request.auth  # type: ignore[attr-defined]  # set by BearerToken
+    if not isinstance(user, User):  # a job token, which _job_may lets reach no such call
+        raise HttpError(403, "a job token reads only its own build")
     return user
 
 
@@ -689,6 +714,14 @@ def _find_project(request: HttpRequest, slug_or_id: str | int, needed: Role) -> 
 
 
 def _find_build(request: HttpRequest, build_id: int, needed: Role) -> Build:
+    auth = request.auth  # type: ignore[attr-defined]  # set by BearerToken
+    if isinstance(auth, access_tokens.JobAccess):
+        # Its own build, to read: _job_may refused anything else before the view ran.
+        own = Build.objects.select_related("project", "author").filter(pk=auth.build_id)
+        found = own.first() if needed == access.READ and build_id == auth.build_id else None
+        if found is None:
+            raise _not_found(f"build {build_id}")
+        return found
     build = access.find_build_for_user(_user(request), build_id, needed=needed)
     if build is None:
         raise _not_found(f"build {build_id}")

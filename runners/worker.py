@@ -24,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from builds import services
+from builds import access_tokens, services
 from builds.live import Publisher
 from builds.models import Build, Job, Status
 from builds.pipeline import Pipeline, PipelineError, load, secrets_wanted, with_secret_values
@@ -50,6 +50,10 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
 # How far back secret_scope() looks for the build a rerun reruns.
 MAX_RERUN_CHAIN = 100
+# A job token ends with its job (access_tokens checks the attempt runs); its `exp` only
+# bounds it if that check cannot tell: the pipeline's timeout, or a day, and a margin.
+JOB_TOKEN_LIFETIME = 24 * 3600
+JOB_TOKEN_SLACK = 600
 # PATH of host steps on a server (Docker's default): the worker's own may name its
 # virtualenv or other private tools.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -245,6 +249,9 @@ class Worker:
                 self._refuse(job, steps, pipeline, hostless)
                 return
             pipeline = with_default_image(pipeline, settings.GOCI_DEFAULT_IMAGE)
+        # The job's own API credential: reads this build while this attempt runs.
+        lifetime = (pipeline.timeout or JOB_TOKEN_LIFETIME) + JOB_TOKEN_SLACK
+        job_token = access_tokens.issue_for_job(job, lifetime=lifetime)
         workspace = make_workspace(job)
         try:
             executor = self._executor(pipeline.steps, workspace)
@@ -260,7 +267,7 @@ class Worker:
             steps,
             self.publisher,
             on_lost=lambda: engine.cancel(),  # noqa: PLW0108
-            secrets=list(values.values()),
+            secrets=[*values.values(), job_token],
             # The job's result as soon as the engine has it, before the executor
             # removes containers (~100 ms each) and the workspace.
             on_finished=lambda result: self._conclude(running, result),
@@ -271,7 +278,7 @@ class Worker:
             reporter,
             branch=_branch(build.ref),
             event=EVENTS.get(build.trigger, build.trigger),
-            env={**build.env, **server_env(build)},
+            env={**build.env, **server_env(build), "GOCI_JOB_TOKEN": job_token},
             log_cap=settings.GOCI_LOG_CAP,
         )
         running.reporter, running.engine = reporter, engine
@@ -417,8 +424,10 @@ def persistent_connections() -> None:
 
 
 def server_env(build: Build) -> dict[str, str]:
-    """The variables every server-side step gets (PIPELINE.md)."""
+    """The variables every server-side step gets (PIPELINE.md), but GOCI_JOB_TOKEN."""
+    where = {"GOCI_SERVER_URL": settings.GOCI_PUBLIC_URL} if settings.GOCI_PUBLIC_URL else {}
     return {
+        **where,
         "GOCI_BUILD_ID": str(build.pk),
         "GOCI_BUILD_NUMBER": str(build.number),
         "GOCI_PROJECT": build.project.slug,

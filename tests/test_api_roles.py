@@ -304,3 +304,34 @@ def test_a_member_whose_role_was_lowered_is_refused_at_once(shop: tuple[Project,
 
     assert api_call("post", f"/api/builds/{build.pk}/rerun", token).status_code == 403
     assert api_call("get", f"/api/builds/{build.pk}", token).status_code == 200
+
+
+# A job token (GOCI_JOB_TOKEN) is the sixth caller: the token of a running job of the
+# build in {build} reads that build and its logs; every other call is refused.
+JOB_READS = {("get", "/api/builds/{build_id}"), ("get", "/api/builds/{build_id}/logs")}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda route: f"{route.method} {route.url}")
+def test_a_job_token_reads_its_own_build_and_is_refused_everything_else(
+    shop: tuple[Project, Build], route: Route
+) -> None:
+    from builds import access_tokens
+    from builds.models import Job, Status
+
+    _, build = shop
+    job = Job.objects.get(build=build)
+    Job.objects.filter(pk=job.pk).update(status=Status.RUNNING)
+    token = access_tokens.issue_for_job(job, 60)
+    before = state()
+
+    url = route.url.format(build=build.pk, token=1)
+    response = api_call(route.method, url, token, route.body)
+
+    if (route.method, route.path) in JOB_READS:
+        assert response.status_code == 200, response.content
+    elif route.path == "/api/auth/token":
+        assert response.status_code == 401  # needs no token: its body is what counts
+    else:
+        assert response.status_code == 403, response.content
+        assert response.json()["detail"].startswith("a job token reads only its own build")
+    assert state() == before
