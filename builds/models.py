@@ -38,6 +38,14 @@ class Project(models.Model):
     repo_url = models.CharField(max_length=500, blank=True)
     default_branch = models.CharField(max_length=200, default="main")
     pipeline_path = models.CharField(max_length=200, default=".goci.yml")
+    # The secret that signs webhook deliveries, encrypted like a Secret (builds/secrets.py)
+    # since maintainers are shown it; "" accepts no delivery.
+    webhook_secret = models.TextField(blank=True)
+    # A new push to a branch or PR cancels the builds of its older commits.
+    auto_cancel = models.BooleanField(default=True)
+    # Public: its status badge needs no token. (Its builds are still for members.)
+    public = models.BooleanField(default=False)
+    badge_token = models.CharField(max_length=64, blank=True)
     members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
@@ -95,6 +103,24 @@ class Build(models.Model):
     cancel_requested = models.BooleanField(default=False)
     # A pull request from another repository than the base: it never receives secrets.
     fork = models.BooleanField(default=False)
+    # From a forge's delivery (builds/forges/): who pushed what, for pages, `when:` and
+    # the commit status sent back to that forge.
+    forge = models.CharField(max_length=20, blank=True)  # github, gitlab, gitea or ""
+    commit_author = models.CharField(max_length=200, blank=True)
+    compare_url = models.CharField(max_length=2000, blank=True)
+    pr_number = models.PositiveIntegerField(null=True, blank=True)
+    pr_title = models.CharField(max_length=500, blank=True)
+    source_branch = models.CharField(max_length=255, blank=True)
+    target_branch = models.CharField(max_length=255, blank=True)
+    base_commit = models.CharField(max_length=64, blank=True)  # a PR's base, for its diff
+    # Files the push or pull request changed, for `when: {path: ...}`; None: not known.
+    changed_files = models.JSONField(null=True, blank=True)
+    # The worker fetches the repository at `commit` into the workspace first (the step
+    # named "clone"); with an empty `pipeline`, it also reads the pipeline from there.
+    checkout = models.BooleanField(default=False)
+    superseded_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -284,3 +310,58 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project or 'global'} {self.name}"
+
+
+class WebhookDelivery(models.Model):
+    """One POST to /hooks/{slug}: what came and what Goci made of it. The last 100 of a
+    project are kept. Only a verified delivery keeps its body (for a redelivery)."""
+
+    class Outcome(models.TextChoices):
+        BUILD = "build"
+        IGNORED = "ignored"
+        REJECTED = "rejected"
+        DUPLICATE = "duplicate"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deliveries")
+    delivery_id = models.CharField(max_length=200, blank=True)
+    forge = models.CharField(max_length=20, blank=True)
+    event = models.CharField(max_length=100, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    reason = models.TextField(blank=True)
+    build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL)
+    headers = models.JSONField(default=dict, blank=True)
+    body = models.BinaryField(null=True, blank=True)
+    redelivery_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["project", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} {self.forge} {self.event} {self.outcome}"
+
+
+class CommitStatus(models.Model):
+    """A commit status to send to the build's forge (an outbox: written in the same
+    transaction as the build's change, sent with retries by builds/commit_status.py).
+    Only the newest unsent one of a build is sent: an older one would overwrite it."""
+
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="commit_statuses")
+    state = models.CharField(max_length=20)  # pending, success, failure, error, canceled
+    description = models.CharField(max_length=140, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    superseded = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["sent_at", "superseded", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.build} {self.state}"

@@ -118,6 +118,10 @@ class Pipeline:
     secret_env: Mapping[str, str] = field(default_factory=dict)  # variable -> secret name
     timeout: int | None = None  # seconds, the whole pipeline
     filename: str = "<pipeline>"
+    # `clone:` - whether the worker checks the build's commit out first, and how deep
+    # (1: that commit alone; 0: the whole history).
+    clone: bool = True
+    clone_depth: int = 1
 
 
 # Limits that protect the server from hostile or broken files; all are checked

@@ -27,6 +27,7 @@ from builds.models import (
     TOKEN_SCOPES,
     ApiToken,
     Build,
+    CommitStatus,
     Job,
     LogChunk,
     Membership,
@@ -34,9 +35,11 @@ from builds.models import (
     Role,
     Status,
     Step,
+    WebhookDelivery,
     default_token_scopes,
 )
-from builds.pipeline import load, plan
+from builds.pipeline import Pipeline, load, plan
+from builds.secrets import decrypt, encrypt
 from goci import audit
 
 QUEUE_CHANNEL = "goci_queue"
@@ -160,7 +163,7 @@ class Conflict(ValueError):
     """The request clashes with what exists (a taken slug, a member twice): 409."""
 
 
-PROJECT_FIELDS = ("name", "repo_url", "default_branch", "pipeline_path")
+PROJECT_FIELDS = ("name", "repo_url", "default_branch", "pipeline_path", "auto_cancel", "public")
 
 
 def slug_problem(value: str) -> str | None:
@@ -183,7 +186,13 @@ def project_create(*, user: User, slug: str, name: str = "", **fields: Any) -> P
         raise InvalidRequest(f"slug: {problem}")
     try:
         with transaction.atomic():
-            project = Project.objects.create(slug=slug, name=name or slug, **fields)
+            project = Project.objects.create(
+                slug=slug,
+                name=name or slug,
+                webhook_secret=encrypt(secrets.token_urlsafe(32)),
+                badge_token=secrets.token_urlsafe(24),
+                **fields,
+            )
             Membership.objects.create(project=project, user=user, role=Role.OWNER)
             audit.record(
                 "project.create",
@@ -211,6 +220,44 @@ def project_update(*, project: Project, **fields: Any) -> Project:
             changed = {name: getattr(project, name) for name in fields}
             audit.record("project.update", project=project, obj=project, details=changed)
     return project
+
+
+def webhook_secret(project: Project) -> str:
+    """The secret that signs the project's deliveries ("": it accepts none)."""
+    return decrypt(project.webhook_secret) if project.webhook_secret else ""
+
+
+def webhook_secret_rotate(*, project: Project) -> str:
+    """A new webhook secret (deliveries signed with the old one are refused from now);
+    returns it, for the maintainer to paste into the forge."""
+    value = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        Project.objects.filter(pk=project.pk).update(webhook_secret=encrypt(value))
+        project.webhook_secret = encrypt(value)
+        audit.record("project.webhook_secret_rotate", project=project, obj=project)
+    return value
+
+
+def badge_token_rotate(*, project: Project) -> str:
+    value = secrets.token_urlsafe(24)
+    with transaction.atomic():
+        Project.objects.filter(pk=project.pk).update(badge_token=value)
+        project.badge_token = value
+        audit.record("project.badge_token_rotate", project=project, obj=project)
+    return value
+
+
+MAX_DELIVERIES = 100  # kept per project
+
+
+def delivery_record(*, project: Project, **fields: Any) -> WebhookDelivery:
+    """Keep what a POST to /hooks/{slug} brought and what came of it; only the newest
+    MAX_DELIVERIES of a project stay."""
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.create(project=project, **fields)
+        stale = WebhookDelivery.objects.filter(project=project).order_by("-id")[MAX_DELIVERIES:]
+        WebhookDelivery.objects.filter(pk__in=list(stale.values_list("pk", flat=True))).delete()
+    return delivery
 
 
 def project_delete(*, project: Project) -> None:
@@ -350,6 +397,22 @@ def _check_env(env: Mapping[str, Any]) -> dict[str, str]:
     return dict(env)
 
 
+# What a forge's delivery tells of a build besides ref, commit and message
+# (builds/forges/); a rerun copies them.
+ORIGIN_FIELDS = (
+    "forge",
+    "commit_author",
+    "compare_url",
+    "pr_number",
+    "pr_title",
+    "source_branch",
+    "target_branch",
+    "base_commit",
+    "changed_files",
+)
+CHECKOUT_STEP = "clone"  # the step that fetches the repository before the pipeline's
+
+
 def build_create(
     *,
     project: Project,
@@ -363,13 +426,31 @@ def build_create(
     idempotency_key: str | None = None,
     rerun_of: Build | None = None,
     fork: bool = False,
+    origin: Mapping[str, Any] | None = None,
 ) -> tuple[Build, bool]:
     """Queue a build of a pipeline; (build, created). The pipeline is validated first
     (PipelineError: nothing is stored). With an idempotency key, a retry - even a
     concurrent one - returns the first build and created=False. `fork`: the code
-    comes from a fork's pull request, which never receives secrets."""
-    parsed = load(pipeline, project.pipeline_path)
-    deps = plan(parsed)
+    comes from a fork's pull request, which never receives secrets. `origin`: the
+    forge's account of it (ORIGIN_FIELDS).
+
+    With a commit of a project that has a repository, the worker checks that commit
+    out first (the step "clone"); then `pipeline` may be "": it is read from the
+    repository at that commit (build_plan). A push or pull request cancels the
+    project's unfinished builds of older commits on its branch or PR (auto_cancel)."""
+    origin = dict(origin or {})
+    if unknown := set(origin) - set(ORIGIN_FIELDS):
+        raise InvalidRequest(f"unknown build fields: {sorted(unknown)}")
+    checkout = bool(project.repo_url and commit)
+    parsed = load(pipeline, project.pipeline_path) if pipeline else None
+    if parsed is None and not checkout:
+        raise InvalidRequest(
+            "no pipeline: give one, or a commit of a project with a repository to read it from"
+        )
+    if parsed is not None and not parsed.clone:
+        checkout = False
+    if checkout and parsed is not None:
+        _check_checkout_name(parsed)
     env = _check_env(env or {})
     try:
         with transaction.atomic():
@@ -398,18 +479,14 @@ def build_create(
                 idempotency_key=idempotency_key or None,
                 rerun_of=rerun_of,
                 fork=fork,
+                checkout=checkout,
+                **origin,
             )
             job = Job.objects.create(build=build)
-            Step.objects.bulk_create(
-                Step(
-                    job=job,
-                    name=step.name,
-                    position=step.index,
-                    needs=list(deps[step.name]),
-                    image=step.image or "",
-                )
-                for step in parsed.steps
-            )
+            if checkout:
+                Step.objects.create(job=job, name=CHECKOUT_STEP, position=0)
+            if parsed is not None:
+                _create_steps(job, parsed, after_clone=checkout)
             # Not the env: its values may be credentials.
             audit.record(
                 "build.rerun" if rerun_of is not None else "build.run",
@@ -423,6 +500,10 @@ def build_create(
                     **({"rerun_of": rerun_of.pk} if rerun_of is not None else {}),
                 },
             )
+            if build.forge:
+                commit_status_queue(build, "pending", f"#{number} is queued")
+            if locked.auto_cancel and trigger in (Build.Trigger.PUSH, Build.Trigger.PULL_REQUEST):
+                _supersede(build)
             notify_queue()
     except IntegrityError:
         # Only a concurrent first submit of the same key gets here (SQLite has no row
@@ -431,6 +512,70 @@ def build_create(
             raise
         return Build.objects.get(project=project, idempotency_key=idempotency_key), False
     return build, True
+
+
+def _check_checkout_name(parsed: Pipeline) -> None:
+    if any(step.name == CHECKOUT_STEP for step in parsed.steps):
+        raise InvalidRequest(
+            f"a step is named {CHECKOUT_STEP!r}, the name of the step that checks out the "
+            "repository: rename it (or set `clone: false` to check nothing out)"
+        )
+
+
+def _create_steps(job: Job, parsed: Pipeline, after_clone: bool) -> None:
+    deps = plan(parsed)
+    Step.objects.bulk_create(
+        Step(
+            job=job,
+            name=step.name,
+            position=step.index + after_clone,
+            needs=list(deps[step.name]),
+            image=step.image or "",
+        )
+        for step in parsed.steps
+    )
+
+
+def _supersede(build: Build) -> None:
+    """Cancel the project's unfinished builds of older commits on the same branch (a
+    push) or pull request, saying which build superseded them."""
+    older = Build.objects.filter(
+        project_id=build.project_id, trigger=build.trigger, pk__lt=build.pk
+    ).exclude(status__in=FINISHED)
+    if build.trigger == Build.Trigger.PULL_REQUEST:
+        older = older.filter(pr_number=build.pr_number)
+    else:
+        older = older.filter(ref=build.ref)
+    for old in older.exclude(commit=build.commit):
+        Build.objects.filter(pk=old.pk).update(superseded_by=build)
+        build_cancel(build=old)
+
+
+def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pipeline:
+    """The pipeline read from the repository at the build's commit: validated
+    (PipelineError: nothing changes), kept as the build's snapshot, its steps created
+    after "clone". Fenced: only the worker that owns this attempt plans it."""
+    parsed = load(pipeline, filename)
+    _check_checkout_name(parsed)
+    with fenced(job_id, attempt):
+        job = Job.objects.select_related("build").get(pk=job_id)
+        Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
+        job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
+        _create_steps(job, parsed, after_clone=True)
+    return parsed
+
+
+commit_status_due = Signal()  # sent once a transaction that queued a commit status commits
+
+
+def commit_status_queue(build: Build, state: str, description: str) -> None:
+    """Queue a commit status for the build's forge (builds/commit_status.py sends it).
+    An older one of the build not yet sent never will be: it would overwrite this."""
+    CommitStatus.objects.filter(build=build, sent_at__isnull=True).update(superseded=True)
+    CommitStatus.objects.create(
+        build=build, state=state, description=description[:140], next_attempt_at=timezone.now()
+    )
+    transaction.on_commit(lambda: commit_status_due.send(sender=None))
 
 
 def build_cancel(*, build: Build) -> Build:
@@ -455,7 +600,8 @@ def build_cancel(*, build: Build) -> Build:
 
 
 def build_rerun(*, build: Build, author: User | None) -> Build:
-    """A new build of the same snapshot, ref and commit."""
+    """A new build of the same snapshot, ref and commit (and, for a build of a
+    forge's delivery, what it told: the status goes back to the same commit)."""
     rerun, _ = build_create(
         project=build.project,
         pipeline=build.pipeline,
@@ -467,6 +613,7 @@ def build_rerun(*, build: Build, author: User | None) -> Build:
         trigger=Build.Trigger.RERUN,
         rerun_of=build,
         fork=build.fork,  # still a fork's code: no secrets for it either
+        origin={name: getattr(build, name) for name in ORIGIN_FIELDS},
     )
     return rerun
 
@@ -489,7 +636,22 @@ def build_settle(build: Build, now: Any) -> None:
     if status in FINISHED and build.finished_at is None:
         build.finished_at = now
         fields.append("finished_at")
+        if build.forge:
+            commit_status_queue(build, status, _status_words(build, status))
     build.save(update_fields=fields)
+
+
+def _status_words(build: Build, status: str) -> str:
+    if build.superseded_by_id is not None:
+        superseded = Build.objects.filter(pk=build.superseded_by_id).values_list("number")
+        return f"#{build.number} was superseded by #{superseded.get()[0]}"
+    words: dict[str, str] = {
+        Status.SUCCESS: "succeeded",
+        Status.FAILURE: "failed",
+        Status.ERROR: "could not run",
+        Status.CANCELED: "was canceled",
+    }
+    return f"#{build.number} {words.get(status, status)}"
 
 
 # ---------------------------------------------------------------------------
