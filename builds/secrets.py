@@ -278,6 +278,30 @@ def secrets_resolve(
     return values
 
 
+# The secrets Goci itself uses for a project, never given to a step unless one asks:
+# cloning a private repository over HTTPS or SSH, and the forge's API for commit statuses.
+CLONE_TOKEN = "GOCI_CLONE_TOKEN"  # noqa: S105  (names, not values)
+CLONE_SSH_KEY = "GOCI_CLONE_SSH_KEY"
+FORGE_TOKEN = "GOCI_FORGE_TOKEN"  # noqa: S105
+
+
+def secret_for_goci(project: Project, name: str) -> str | None:
+    """The value of the project's secret `name` (else a global one of that name) for
+    Goci's own use, whatever its events and branches say: it is not handed to code of
+    the build. None if there is none; SecretError if it cannot be decrypted."""
+    rows = Secret.objects.filter(Q(project=project) | Q(project=None), name=name)
+    found = sorted(rows, key=lambda s: s.project_id is None)  # the project's own first
+    if not found:
+        return None
+    try:
+        return decrypt(found[0].ciphertext)
+    except InvalidToken:
+        raise SecretError(
+            f"secret {name} cannot be decrypted with GOCI_SECRET_KEYS "
+            "(was the key it was set with removed?)"
+        ) from None
+
+
 def secrets_rotate() -> int:
     """Re-encrypt every secret with the first key of GOCI_SECRET_KEYS. Returns how many."""
     fernet = _fernet()
