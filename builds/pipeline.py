@@ -10,6 +10,7 @@ Public API (other modules depend on these names):
 - ``plan(pipeline) -> dict[str, tuple[str, ...]]``: step name -> names it waits for.
 - ``parse_duration(text) -> int`` seconds.
 - ``json_schema() -> dict``: JSON Schema (draft-07) of the format, for editors.
+- ``When.matches(branch=, event=, changed_files=)``: whether a `when` holds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import codecs
 import copy
 import fnmatch
+import functools
 import os
 import posixpath
 import re
@@ -70,19 +72,62 @@ class PipelineError(Exception):
 
 
 @dataclass(frozen=True)
+class PathFilter:
+    """`when: {path: ...}`: path globs matched against the files the build changed."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def matches(self, changed_files: Sequence[str] | None) -> bool:
+        """Whether one changed file is included (by any pattern if there is no include)
+        and not excluded. Unknown changed files (None) match; an empty list does not."""
+        if changed_files is None:
+            return True
+        include = _glob_regex(self.include).match if self.include else None
+        exclude = _glob_regex(self.exclude).match if self.exclude else None
+        return any(
+            (include is None or include(file)) and (exclude is None or not exclude(file))
+            for file in changed_files
+        )
+
+
+@dataclass(frozen=True)
 class When:
-    """Run a step only if every given condition matches (glob patterns allowed)."""
+    """Run a step (or the pipeline) only if every given condition matches."""
 
-    branch: tuple[str, ...] | None = None
-    event: tuple[str, ...] | None = None
+    branch: tuple[str, ...] | None = None  # glob patterns
+    event: tuple[str, ...] | None = None  # glob patterns
+    path: PathFilter | None = None
 
-    def matches(self, *, branch: str | None, event: str | None) -> bool:
+    def matches(
+        self,
+        *,
+        branch: str | None,
+        event: str | None,
+        changed_files: Sequence[str] | None = None,
+    ) -> bool:
+        """`changed_files`: repository-relative paths; None when unknown."""
+        return self.mismatch(branch=branch, event=event, changed_files=changed_files) is None
+
+    def mismatch(
+        self,
+        *,
+        branch: str | None,
+        event: str | None,
+        changed_files: Sequence[str] | None = None,
+    ) -> str | None:
+        """Why the conditions do not hold, in words for the user; None if they hold."""
         for patterns, value in ((self.branch, branch), (self.event, event)):
             if patterns is None:
                 continue
             if value is None or not any(fnmatch.fnmatchcase(value, p) for p in patterns):
-                return False
-        return True
+                return f"does not match branch {branch or '(none)'}, event {event or '(none)'}"
+        if self.path is not None and not self.path.matches(changed_files):
+            count = len(changed_files or ())
+            if not count:
+                return "path: no file changed"
+            return f"path matches none of the {count} changed file{'s' if count > 1 else ''}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -122,6 +167,7 @@ class Pipeline:
     # (1: that commit alone; 0: the whole history).
     clone: bool = True
     clone_depth: int = 1
+    when: When | None = None  # unless it matches, every step is skipped
 
 
 # Limits that protect the server from hostile or broken files; all are checked
@@ -133,6 +179,11 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 MAX_STEPS = 500
 MAX_NAME = 100
+MAX_CLONE_DEPTH = 1_000_000
+MAX_GLOB = 4096  # characters of one path pattern
+# Path patterns in a pipeline, counting each use and each {a,b} alternative: matching
+# costs patterns x changed files, and compiling one costs 0.3-0.8 ms.
+MAX_GLOBS = 1000
 
 RESERVED_KEYS = (
     "matrix",
@@ -192,6 +243,12 @@ _ENV_SCHEMA: _Schema = {
     },
 }
 
+# A path pattern: relative to the repository, so neither `/` nor `!` (GitHub's
+# negation: Goci has `exclude`) starts one; the rest is checked by _glob_regex.
+_GLOB: _Schema = {**_TEXT, "minLength": 1, "maxLength": MAX_GLOB, "pattern": "^[^/!]"}
+_GLOB_LIST: _Schema = {"type": "array", "minItems": 1, "items": _GLOB}
+_GLOBS: _Schema = {"anyOf": [_GLOB, _GLOB_LIST]}
+
 # The keys of the format: the validator refuses any other key and json_schema()
 # is built from these tables, so the two cannot drift apart.
 _PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
@@ -206,6 +263,16 @@ _PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
         _ENV_SCHEMA,
     ),
     "timeout": ("Time limit of the whole pipeline: 90s, 10m, 1h, 1h30m.", _DURATION_SCHEMA),
+    "clone": (
+        "Check the build's commit out into the workspace before the first step: true "
+        "(the default, that commit alone), false, or {depth: N}.",
+        {"anyOf": [{"type": "boolean"}, {"$ref": "#/definitions/clone"}]},
+    ),
+    "when": (
+        "Run the pipeline only if every given condition matches; otherwise every step "
+        "is skipped and the build succeeds.",
+        {"allOf": [{"$ref": "#/definitions/when"}]},
+    ),
     "steps": (
         "Required. The steps to run, in file order.",
         {
@@ -273,6 +340,21 @@ _WHEN_KEYS: dict[str, tuple[str, _Schema]] = {
             ]
         },
     ),
+    "path": (
+        "Run only if the build changed a file that matches: a pattern (src/**, **/*.go), "
+        "a list of them, or {include: [...], exclude: [...]}.",
+        {"anyOf": [_GLOB, _GLOB_LIST, {"$ref": "#/definitions/path"}]},
+    ),
+}
+_PATH_KEYS: dict[str, tuple[str, _Schema]] = {
+    "include": ("A changed file counts if it matches one of these patterns.", _GLOBS),
+    "exclude": ("A changed file does not count if it matches one of these patterns.", _GLOBS),
+}
+_CLONE_KEYS: dict[str, tuple[str, _Schema]] = {
+    "depth": (
+        "Commits of history to fetch: 1 (the default) is the commit alone, 0 the whole history.",
+        {"type": "integer", "minimum": 0, "maximum": MAX_CLONE_DEPTH},
+    ),
 }
 
 # Keys that users bring from other CI systems, with what Goci calls them.
@@ -282,8 +364,10 @@ _PIPELINE_HINTS = {
     "environment": "Goci calls this 'env'",
     "container": "Goci calls this 'image'",
     "stages": "steps run in file order; use 'parallel' and 'needs' to change that",
-    "when": "put 'when' on the steps it applies to",
-    "trigger": "put 'when' on the steps it applies to",
+    "trigger": "Goci calls this 'when'",
+    "skip_clone": "write `clone: false`",
+    "depth": "write `clone: {depth: N}`",
+    "fetch-depth": "write `clone: {depth: N}`; 0 fetches the whole history",
 }
 _RUN_HINT = "Goci calls this 'run', one script with a command per line"
 _STEP_HINTS = {
@@ -304,6 +388,18 @@ _STEP_HINTS = {
     "only": "use 'when' with 'branch' and 'event'",
     "except": "use 'when' with 'branch' and 'event'",
     "rules": "use 'when' with 'branch' and 'event'",
+    "uses": "Goci runs the script in 'run'; it checks the commit out itself (see 'clone')",
+}
+_WHEN_HINTS = {
+    "paths": "Goci calls this 'path'",
+    "changes": "Goci calls this 'path'",
+    "paths-ignore": "write `path: {exclude: [...]}`",
+    "paths_ignore": "write `path: {exclude: [...]}`",
+}
+_CLONE_HINTS = {
+    "disable": "write `clone: false`",
+    "fetch-depth": "Goci calls this 'depth'; 0 fetches the whole history",
+    "fetch_depth": "Goci calls this 'depth'; 0 fetches the whole history",
 }
 
 _T = TypeVar("_T")
@@ -413,6 +509,18 @@ def json_schema() -> dict[str, object]:
                 "additionalProperties": False,
                 "minProperties": 1,
                 "properties": properties(_WHEN_KEYS),
+            },
+            "path": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": properties(_PATH_KEYS),
+            },
+            "clone": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": properties(_CLONE_KEYS),
             },
         },
     }
@@ -772,6 +880,219 @@ def _parse_workdir(text: str) -> str:
     return text
 
 
+def _parse_clone(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError(f"expected true, false or {{depth: N}}, found {text!r}")
+
+
+def _parse_depth(text: str) -> int:
+    expected = f"expected a whole number from 0 to {MAX_CLONE_DEPTH}"
+    shown = repr(text) if len(text) <= 40 else f"a value of {len(text)} characters"
+    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+        raise ValueError("the depth cannot be negative; 0 fetches the whole history")
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{expected}, found {shown}")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_CLONE_DEPTH)) or int(digits) > MAX_CLONE_DEPTH:
+        raise ValueError(
+            f"the depth may be at most {MAX_CLONE_DEPTH} (0 fetches the whole history), "
+            f"found {shown}"
+        )
+    return int(digits)
+
+
+# ---------------------------------------------------------------------------
+# Path patterns of `when: {path: ...}`, with doublestar's rules (Woodpecker's): the
+# whole path is matched; `*`, `?` and `[...]` stay within one directory level, `**`
+# stands for any number of levels, `{a,b}` for either. Each pattern becomes one
+# regular expression whose every choice but the last is atomic (earliest fit, kept), so
+# no pattern can make matching backtrack badly: see _level_regex and _glob_regex.
+
+
+def _class_end(text: str, start: int) -> int:
+    """Index of the `]` closing the `[` at `start` (fnmatch's rule: a `]` first in the
+    class is part of it), or -1."""
+    index = start + 1
+    if index < len(text) and text[index] in "!^":
+        index += 1
+    if index < len(text) and text[index] == "]":
+        index += 1
+    return text.find("]", index)
+
+
+def _braces(text: str) -> tuple[int, int, list[str]] | None:
+    """The first `{...}` of text outside `[...]`: (start, end, its alternatives)."""
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "[":
+            end = _class_end(text, index)
+            index = index + 1 if end < 0 else end + 1
+            continue
+        if char != "{":
+            index += 1
+            continue
+        start, depth, begin = index, 0, index + 1
+        alternatives: list[str] = []
+        while index < len(text):
+            char = text[index]
+            if char == "[" and (end := _class_end(text, index)) >= 0:
+                index = end
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    return start, index, [*alternatives, text[begin:index]]
+            elif char == "," and depth == 1:
+                alternatives.append(text[begin:index])
+                begin = index + 1
+            index += 1
+        raise ValueError("'{' is not closed; write [{] for a literal {")
+    return None
+
+
+def _class_regex(body: str) -> str:
+    """`[...]` (its text between the brackets) as a regex class that never takes `/`.
+    Everything but an `a-z` range is literal, so it is escaped; a backwards range
+    would be a regex error, so it is refused here."""
+
+    def literal(char: str) -> str:
+        return "\\" + char if char in "\\[]^&~|-" else char
+
+    negate = body[:1] in ("!", "^")
+    body = body[1:] if negate else body
+    out = []
+    index = 0
+    while index < len(body):
+        if index + 2 < len(body) and body[index + 1] == "-":
+            low, high = body[index], body[index + 2]
+            if low > high:
+                raise ValueError(f"the range {low}-{high} is backwards; write {high}-{low}")
+            out.append(f"{literal(low)}-{literal(high)}")
+            index += 3
+        else:
+            out.append(literal(body[index]))
+            index += 1
+    return f"[^/{''.join(out)}]" if negate else f"[{''.join(out)}]"
+
+
+def _level_regex(level: str) -> str:
+    """One directory level of a pattern as a regex that never leaves the level. As in
+    fnmatch, every `*` but the last takes the earliest text where what follows it fits,
+    and keeps it (an atomic group): the text between stars has a fixed length, so the
+    earliest fit never loses a match, and `*a*a*a*b` costs no more than `*b`."""
+    if level in (".", ".."):
+        raise ValueError("'.' and '..' are not allowed: write the path from the repository's top")
+    if "**" in level:
+        raise ValueError(
+            "'**' must be a whole directory level, as in 'src/**/*.go'; within a name write '*'"
+        )
+    chunks = [""]  # the level's text between its stars, as regexes
+    index = 0
+    while index < len(level):
+        char = level[index]
+        if char == "*":
+            chunks.append("")
+        elif char == "?":
+            chunks[-1] += "[^/]"
+        elif char == "[":
+            end = _class_end(level, index)
+            if end < 0:
+                raise ValueError(
+                    "'[' is not closed within its directory level; write [[] for a literal ["
+                )
+            chunks[-1] += _class_regex(level[index + 1 : end])
+            index = end
+        else:
+            chunks[-1] += re.escape(char)
+        index += 1
+    if len(chunks) == 1:
+        return chunks[0]
+    head, *middle, tail = chunks
+    return head + "".join(f"(?>[^/]*?{chunk})" for chunk in middle) + "[^/]*" + tail
+
+
+def _levels_regex(levels: list[str]) -> str:
+    """A pattern without braces, split at `/`, as a regex of the whole path. Between two
+    `**`, a run of levels takes the earliest levels where it fits, and keeps them (an
+    atomic group): the `**` after it takes any number of levels, so that never loses a
+    match. The last run is anchored at the end, the first at the start."""
+    runs: list[list[str]] = [[]]
+    for level in levels:
+        if level == "**":
+            if runs[-1] or len(runs) == 1:  # a/**/**/b is a/**/b
+                runs.append([])
+        else:
+            runs[-1].append(_level_regex(level))
+    if len(runs) == 1:
+        return "/".join(runs[0])
+    first, *middle, last = runs
+    regex = "/".join(first)
+    after_level = bool(first)  # the next level starts after a "/"
+    for run in middle:
+        regex += ("/" if after_level else "") + f"(?>(?:[^/]*/)*?{'/'.join(run)}(?![^/]))"
+        after_level = True
+    if last:
+        return regex + ("/" if after_level else "") + "(?:[^/]*/)*" + "/".join(last)
+    return regex + ("(?:/.*)?" if after_level else ".*")
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_sources(pattern: str) -> tuple[str, ...]:
+    """A path pattern as the regexes of whole paths it stands for (one per `{a,b}`
+    alternative), not compiled: validating a file needs no compiling, which costs
+    far more. ValueError, saying why to the user, if the text is not a pattern Goci
+    reads the way its author meant."""
+    if not pattern.strip():
+        raise ValueError("the pattern is empty")
+    if len(pattern) > MAX_GLOB:
+        raise ValueError(
+            f"a pattern may be at most {MAX_GLOB} characters, this one has {len(pattern)}"
+        )
+    if pattern.startswith("!"):
+        raise ValueError("'!' does not negate a pattern here: list it under 'exclude' instead")
+    if pattern.startswith("/"):
+        raise ValueError(
+            f"paths are relative to the repository's top: write {pattern.lstrip('/') or '**'!r}"
+        )
+    if "\\" in pattern:
+        raise ValueError(
+            "a backslash is not allowed: separate directories with '/', and write "
+            "[*], [?], [[] or [{] for a literal *, ?, [ or {"
+        )
+    if pattern.endswith("/"):
+        raise ValueError(
+            f"a pattern matches files, not directories: write {pattern + '**'!r} "
+            "for every file under it"
+        )
+    regexes: list[str] = []
+    todo = [pattern]
+    while todo:
+        text = todo.pop()
+        braces = _braces(text)
+        if braces is None:
+            levels = text.split("/")
+            if "" in levels:
+                raise ValueError("a directory level is empty ('//'); write one '/'")
+            regexes.append(_levels_regex(levels))
+            continue
+        start, end, alternatives = braces
+        todo.extend(text[:start] + alt + text[end + 1 :] for alt in reversed(alternatives))
+        if len(regexes) + len(todo) > MAX_GLOBS:
+            raise ValueError(f"the braces make more than {MAX_GLOBS} patterns of this one")
+    return tuple(regexes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """Valid path patterns (see _glob_sources) as one compiled regex that matches a
+    path matched by any of them: one call per changed file, whatever their number."""
+    sources = (f"(?:{source})" for pattern in patterns for source in _glob_sources(pattern))
+    return re.compile(f"(?:{'|'.join(sources)})\\Z", re.DOTALL)
+
+
 def _waits_for(
     steps: Sequence[tuple[str, bool, tuple[str, ...] | None]],
 ) -> list[tuple[str, ...]]:
@@ -867,6 +1188,7 @@ class _Checker:
         self.filename = filename
         self.rejected = rejected
         self.problems: list[Problem] = []
+        self.globs_used = 0  # path patterns so far (MAX_GLOBS)
 
     def add(self, node: Node, path: str, message: str) -> None:
         self.problems.append(_problem(self.filename, node.start_mark, path, message))
@@ -986,22 +1308,22 @@ class _Checker:
             return None
 
     def names(
-        self, node: Node, path: str, *, allow_empty: bool
+        self, node: Node, path: str, *, allow_empty: bool, what: str = "name"
     ) -> list[tuple[str, Node, str]] | None:
-        """A name or a list of names, each with its node and path."""
+        """A name (or another `what`) or a list of them, each with its node and path."""
         if id(node) in self.rejected:
             return None
         if isinstance(node, ScalarNode) and not _is_empty(node):
             return [(str(node.value), node, path)]
         if not isinstance(node, SequenceNode):
-            self.add(node, path, f"expected a name or a list of names, found {_describe(node)}")
+            self.add(node, path, f"expected a {what} or a list of {what}s, found {_describe(node)}")
             return None
         if not node.value and not allow_empty:
             self.add(node, path, "the list is empty, so it would never match; remove it")
             return None
         found = []
         for index, item in enumerate(node.value):
-            text = self.text(item, f"{path}[{index}]", "a name")
+            text = self.text(item, f"{path}[{index}]", f"a {what}")
             if text is not None:
                 found.append((text, item, f"{path}[{index}]"))
         return found
@@ -1089,17 +1411,22 @@ class _Checker:
         if "when" not in pairs:
             return None
         node, where = pairs["when"][1], _join(path, "when")
-        mapping = self.mapping(node, where, "a mapping with `branch` and/or `event`")
+        expected = "a mapping with `branch`, `event` and/or `path`"
+        if isinstance(node, SequenceNode) and id(node) not in self.rejected:
+            # Woodpecker's list of alternatives; Goci's lists are within a condition.
+            message = f"expected {expected}, found a list (write one mapping; a condition "
+            self.add(node, where, message + "takes a list of alternatives: `event: [push, tag]`)")
+            return None
+        mapping = self.mapping(node, where, expected)
         if mapping is None:
             return None
         if not mapping:
-            self.add(
-                node, where, "`when` has no conditions: give `branch` and/or `event`, or remove it"
-            )
+            message = "`when` has no conditions: give `branch`, `event` and/or `path`, or remove it"
+            self.add(node, where, message)
             return None
-        fallback = "when supports only 'branch' and 'event'"
-        self.check_keys(mapping, where, _WHEN_KEYS, {}, reserved=False, fallback=fallback)
-        branch = event = None
+        fallback = "when supports only 'branch', 'event' and 'path'"
+        self.check_keys(mapping, where, _WHEN_KEYS, _WHEN_HINTS, reserved=False, fallback=fallback)
+        branch = event = path_filter = None
         if "branch" in mapping:
             found = self.names(mapping["branch"][1], f"{where}.branch", allow_empty=False)
             branch = None if found is None else tuple(name for name, _, _ in found)
@@ -1115,7 +1442,88 @@ class _Checker:
                         f"unknown event {name!r} ({hint + '; ' if hint else ''}{known})",
                     )
             event = None if found is None else tuple(name for name, _, _ in found)
-        return When(branch=branch, event=event)
+        if "path" in mapping:
+            path_filter = self.path_filter(mapping["path"][1], f"{where}.path")
+        return When(branch=branch, event=event, path=path_filter)
+
+    def path_filter(self, node: Node, path: str) -> PathFilter | None:
+        """`path: PATTERN`, `path: [PATTERNS]` or `path: {include: ..., exclude: ...}`."""
+        if not isinstance(node, MappingNode) or id(node) in self.rejected:
+            include = self.globs(node, path)
+            return None if include is None else PathFilter(include=include)
+        mapping = self.pairs(node)
+        if not mapping:
+            self.add(node, path, "`path` has no patterns: give `include` and/or `exclude`")
+            return None
+        fallback = "path takes only 'include' and 'exclude'"
+        self.check_keys(mapping, path, _PATH_KEYS, {}, reserved=False, fallback=fallback)
+        parts = {
+            key: self.globs(mapping[key][1], f"{path}.{key}") if key in mapping else ()
+            for key in _PATH_KEYS
+        }
+        include, exclude = parts["include"], parts["exclude"]
+        if include is None or exclude is None or not (include or exclude):
+            return None
+        return PathFilter(include=include, exclude=exclude)
+
+    def globs(self, node: Node, path: str) -> tuple[str, ...] | None:
+        found = self.names(node, path, allow_empty=False, what="pattern")
+        if found is None:
+            return None
+        for pattern, item, item_path in found:
+            if self.globs_used > MAX_GLOBS:
+                break  # said once; checking the rest would only cost time
+            try:
+                self.globs_used += len(_glob_sources(pattern))
+            except ValueError as error:
+                self.add(item, item_path, str(error))
+                continue
+            if self.globs_used > MAX_GLOBS:
+                message = (
+                    f"too many path patterns: a pipeline may have at most {MAX_GLOBS}, "
+                    "counting each use and each {a,b} alternative"
+                )
+                self.add(item, item_path, message)
+        return tuple(pattern for pattern, _, _ in found)
+
+    def clone(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[bool, int]:
+        """`clone: true|false|{depth: N}` -> (check out?, depth)."""
+        if "clone" not in pairs:
+            return True, 1
+        node = pairs["clone"][1]
+        if _is_empty(node):
+            self.add(node, "clone", "expected true, false or {depth: N}, found nothing")
+            return True, 1
+        if not isinstance(node, MappingNode) or id(node) in self.rejected:
+            clone = self.scalar(pairs, "clone", "", _parse_clone, "true, false or {depth: N}")
+            return clone is not False, 1
+        mapping = self.pairs(node)
+        if not mapping:
+            message = "`clone` is empty: write `clone: {depth: N}`, or remove it for depth 1"
+            self.add(node, "clone", message)
+            return True, 1
+        hints = dict(_CLONE_HINTS)
+        for name, (_, value) in mapping.items():
+            if isinstance(value, MappingNode) and name not in _CLONE_KEYS:
+                # Woodpecker's and Drone's clone step: `clone: {git: {image: ..., settings:
+                # {depth: 50}}}`. Goci fetches by itself, so only the depth carries over.
+                step = self.pairs(value)
+                settings = step["settings"][1] if "settings" in step else value
+                their_depth = "N"
+                if isinstance(settings, MappingNode):
+                    written = self.pairs(settings).get("depth", (None, None))[1]
+                    text = str(written.value) if isinstance(written, ScalarNode) else ""
+                    if text.isascii() and text.isdigit() and len(text) <= 7:
+                        their_depth = text
+                hints[name] = (
+                    f"Goci fetches the commit itself: write `clone: {{depth: {their_depth}}}`"
+                )
+        fallback = "clone takes only 'depth'"
+        self.check_keys(mapping, "clone", _CLONE_KEYS, hints, reserved=False, fallback=fallback)
+        depth = self.scalar(
+            mapping, "depth", "clone", _parse_depth, f"a whole number from 0 to {MAX_CLONE_DEPTH}"
+        )
+        return True, 1 if depth is None else depth
 
     # -- the document
 
@@ -1133,6 +1541,8 @@ class _Checker:
         image = self.scalar(pairs, "image", "", _parse_image)
         env, secrets = self.env(pairs, "")
         timeout = self.scalar(pairs, "timeout", "", parse_duration, "a duration")
+        clone, clone_depth = self.clone(pairs)
+        when = self.when(pairs, "")
         steps = self.read_steps(root, pairs, image, env, secrets)
         if self.problems or steps is None:
             return None
@@ -1144,6 +1554,9 @@ class _Checker:
             secret_env=secrets,
             timeout=timeout,
             filename=self.filename,
+            clone=clone,
+            clone_depth=clone_depth,
+            when=when,
         )
 
     def read_steps(

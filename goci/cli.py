@@ -330,7 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     # The branch only matters to `when`; asking git costs a process, so only then.
     branch = args.branch
-    if branch is None and any(step.when for step in pipeline.steps):
+    if branch is None and (pipeline.when or any(step.when for step in pipeline.steps)):
         branch = git_branch(workspace)
     reporter = ConsoleReporter(
         pipeline,

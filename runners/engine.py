@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from builds.pipeline import Pipeline, Step, plan
+from builds.pipeline import Pipeline, Step, When, plan
 from runners.lines import DEFAULT_LOG_CAP, StepLog
 
 # How often the engine looks at cancellation and the pipeline deadline when idle.
@@ -160,12 +160,16 @@ class Engine:
         env: Mapping[str, str] | None = None,
         jobs: int = 0,
         log_cap: int = DEFAULT_LOG_CAP,
+        changed_files: Sequence[str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.executor = executor
         self.reporter = reporter
         self.branch = branch
         self.event = event
+        # Repository-relative paths for `when: {path: ...}`; None: unknown, paths match.
+        self.changed_files = None if changed_files is None else tuple(changed_files)
+        self._mismatches: dict[When, str | None] = {}  # each distinct `when` judged once
         self.extra_env = dict(env or {})
         self.jobs = jobs  # most steps at once; 0 = no limit
         self.log_cap = log_cap
@@ -192,12 +196,20 @@ class Engine:
         running: dict[str, float] = {}  # name -> when it started (monotonic)
         pending = list(steps)
         start = time.monotonic()
+        if self.pipeline.when is not None:
+            mismatch = self._mismatch(self.pipeline.when)
+            if mismatch is not None:
+                # Nothing to run, so nothing to prepare. The build succeeds: nothing
+                # failed, and a forge's required status check must not wait forever.
+                reason = f"the pipeline's when: {mismatch}"
+                return self._finish_all(steps, Status.SKIPPED, reason, start, Status.SUCCESS)
         if self.pipeline.timeout:
             self._deadline = start + self.pipeline.timeout
         try:
             self.executor.prepare(self.pipeline)
         except Exception as exc:  # noqa: BLE001  (any failure to prepare is the build's error)
-            return self._finish_all_error(steps, f"could not prepare the executor: {exc}", start)
+            message = f"could not prepare the executor: {exc}"
+            return self._finish_all(steps, Status.ERROR, message, start, Status.ERROR)
         last_idle = time.monotonic()
         try:
             while pending or running:
@@ -257,8 +269,8 @@ class Engine:
                     reason = f"'{blocker}' {_PAST[results[blocker].status]}"
                 elif stop_reason is not None:
                     reason = stop_reason
-                elif step.when and not step.when.matches(branch=self.branch, event=self.event):
-                    reason = self._when_reason()
+                elif step.when and (mismatch := self._mismatch(step.when)) is not None:
+                    reason = f"when: {mismatch}"
                 if reason is not None:
                     result = StepResult(step.name, Status.SKIPPED, error=reason)
                     results[step.name] = result
@@ -298,14 +310,19 @@ class Engine:
                 n in running or (n in results and _lets_dependents_run(results[n])) for n in needs
             ):
                 continue
-            if step.when and not step.when.matches(branch=self.branch, event=self.event):
+            if step.when and self._mismatch(step.when) is not None:
                 continue
             self._told_ready.add(step.name)
             self._ready_soon(step, self._step_env(step))
 
-    def _when_reason(self) -> str:
-        branch, event = self.branch or "(none)", self.event or "(none)"
-        return f"when: does not match branch {branch}, event {event}"
+    def _mismatch(self, when: When) -> str | None:
+        """Why `when` does not hold for this build, or None. Remembered: path patterns
+        against many changed files cost more than branch and event."""
+        if when not in self._mismatches:
+            self._mismatches[when] = when.mismatch(
+                branch=self.branch, event=self.event, changed_files=self.changed_files
+            )
+        return self._mismatches[when]
 
     def _stop_reason(self) -> str | None:
         """Why no further step may start, if so. Running steps stop by themselves at the
@@ -387,14 +404,22 @@ class Engine:
         env.update({"CI": "true", "GOCI": "true", "GOCI_STEP_NAME": step.name})
         return env
 
-    def _finish_all_error(self, steps: Sequence[Step], message: str, start: float) -> BuildResult:
+    def _finish_all(
+        self,
+        steps: Sequence[Step],
+        status: Status,
+        message: str,
+        start: float,
+        overall: Status,
+    ) -> BuildResult:
+        """End every step with `status` and `message` before any runs."""
         self.executor.cleanup()
         results = []
         for step in steps:
-            result = StepResult(step.name, Status.ERROR, error=message)
+            result = StepResult(step.name, status, error=message)
             results.append(result)
             self.reporter.step_finished(step, result)
-        build = BuildResult(Status.ERROR, tuple(results), time.monotonic() - start)
+        build = BuildResult(overall, tuple(results), time.monotonic() - start)
         self.reporter.build_finished(build)
         return build
 

@@ -232,7 +232,7 @@ def test_every_key_is_read() -> None:
         "timeout": 5400,
         "retry": 3,
         "allow_failure": True,
-        "when": {"branch": ("main", "release/*"), "event": ("push",)},
+        "when": {"branch": ("main", "release/*"), "event": ("push",), "path": None},
     }
     assert check.image == "golang:1.22"  # the pipeline's image is every step's default
     assert check.env == {"A": "pipeline", "B": "pipeline"}
@@ -895,13 +895,19 @@ def test_when_event_must_be_known() -> None:
 @pytest.mark.parametrize(
     ("value", "column", "path", "message"),
     [
-        ("{}", 11, "when", "`when` has no conditions: give `branch` and/or `event`, or remove it"),
-        ("", 10, "when", "expected a mapping with `branch` and/or `event`, found nothing"),
+        (
+            "{}",
+            11,
+            "when",
+            "`when` has no conditions: give `branch`, `event` and/or `path`, or remove it",
+        ),
+        ("", 10, "when", "expected a mapping with `branch`, `event` and/or `path`, found nothing"),
         (
             "[{event: push}]",
             11,
             "when",
-            "expected a mapping with `branch` and/or `event`, found a list",
+            "expected a mapping with `branch`, `event` and/or `path`, found a list "
+            "(write one mapping; a condition takes a list of alternatives: `event: [push, tag]`)",
         ),
         (
             "{branch: []}",
@@ -912,10 +918,16 @@ def test_when_event_must_be_known() -> None:
         ("{branch: }", 20, "when.branch", "expected a name or a list of names, found nothing"),
         ("{branch: [[main]]}", 21, "when.branch[0]", "expected a name, found a list"),
         (
-            "{path: docs/*}",
+            "{paht: docs/*}",
             12,
             "when",
-            "unknown key 'path' (when supports only 'branch' and 'event')",
+            "unknown key 'paht' (did you mean 'path'?)",
+        ),
+        (
+            "{status: failure}",
+            12,
+            "when",
+            "unknown key 'status' (when supports only 'branch', 'event' and 'path')",
         ),
         ("{evnt: push}", 12, "when", "unknown key 'evnt' (did you mean 'event'?)"),
     ],
@@ -1055,9 +1067,14 @@ def test_json_schema_keys_are_the_keys_the_validator_knows() -> None:
     properties = schema["properties"]
     step = schema["definitions"]["step"]
     when = schema["definitions"]["when"]
-    # secret_env: what env: {X: {from_secret: y}} becomes, not a key of its own.
+    # secret_env: what env: {X: {from_secret: y}} becomes, not a key of its own;
+    # clone_depth: what clone: {depth: N} becomes.
     step_fields = {f.name for f in dataclasses.fields(Step)} - {"index", "secret_env"}
-    pipeline_fields = {f.name for f in dataclasses.fields(Pipeline)} - {"filename", "secret_env"}
+    pipeline_fields = {f.name for f in dataclasses.fields(Pipeline)} - {
+        "filename",
+        "secret_env",
+        "clone_depth",
+    }
     assert set(step["properties"]) == step_fields
     assert set(properties) == pipeline_fields
     assert set(when["properties"]) == {f.name for f in dataclasses.fields(When)}
