@@ -43,6 +43,8 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_server.py
 	$(PY) bench/bench_browser.py
 	$(PY) bench/bench_secrets.py
+	$(PY) bench/bench_clone.py
+	$(PY) bench/bench_oauth.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

@@ -264,6 +264,10 @@ class ProjectOut(Schema):
     repo_url: str
     default_branch: str
     pipeline_path: str
+    auto_cancel: bool = Field(
+        description="A push or PR update cancels the unfinished builds of older commits."
+    )
+    public: bool = Field(description="Its status badge needs no token.")
     created_at: datetime
     role: Role = Field(description="Your role on the project.")
 
@@ -279,6 +283,8 @@ class ProjectPatch(Schema):
     repo_url: Text = Field("", max_length=500)
     default_branch: Text = Field("", min_length=1, max_length=200)
     pipeline_path: Text = Field("", min_length=1, max_length=200)
+    auto_cancel: bool = True
+    public: bool = False
 
 
 class MemberIn(Schema):
@@ -303,7 +309,11 @@ class BuildIn(Schema):
     project: int | Annotated[str, Field(max_length=100)] = Field(
         description="The project's slug or id."
     )
-    pipeline: Text = Field(description="The pipeline file's YAML text (at most 1 MiB).")
+    pipeline: Text = Field(
+        "",
+        description="The pipeline file's YAML text (at most 1 MiB). Empty: read from the "
+        "project's repository at `commit`.",
+    )
     ref: Text = Field("", max_length=255, description="e.g. refs/heads/main")
     commit: Text = Field("", max_length=64)
     message: Text = ""
@@ -369,6 +379,20 @@ class BuildOut(Schema):
     duration: float | None = Field(description="Seconds, once the build has finished.")
     cancel_requested: bool
     rerun_of: int | None = Field(description="The id of the build this one reruns.")
+    superseded_by: int | None = Field(
+        description="The id of the newer build of its branch or PR that canceled it."
+    )
+    fork: bool = Field(description="A pull request from a fork: it gets no secrets.")
+    forge: str = Field(description="github, gitlab or gitea for a webhook's build; else empty.")
+    commit_author: str
+    compare_url: str
+    pr_number: int | None
+    pr_title: str
+    source_branch: str
+    target_branch: str
+    changed_files: list[str] | None = Field(
+        description="What the push or pull request changed; null: not known."
+    )
 
     @staticmethod
     def resolve_project(build: Build) -> str:
@@ -381,6 +405,10 @@ class BuildOut(Schema):
     @staticmethod
     def resolve_rerun_of(build: Build) -> int | None:
         return build.rerun_of_id
+
+    @staticmethod
+    def resolve_superseded_by(build: Build) -> int | None:
+        return build.superseded_by_id
 
 
 class BuildDetailOut(BuildOut):
@@ -1111,18 +1139,25 @@ class AccessTokenOut(Schema):
 @api.post(
     "/auth/token",
     auth=None,
-    response={200: AccessTokenOut, 401: ErrorOut, **INVALID},
+    response={200: AccessTokenOut, 401: ErrorOut, 403: ErrorOut, **INVALID},
     tags=["tokens"],
 )
 def issue_access_token(request: HttpRequest, payload: AccessTokenIn) -> dict[str, Any]:
     """Exchange a personal token (its scopes) or a username and password (every scope;
-    throttled like signing in) for a short-lived JWT. No Authorization header."""
+    throttled like signing in; 403 when the server has password sign-in off) for a
+    short-lived JWT. No Authorization header."""
     if payload.token is not None:
         token = services.token_find(payload.token)
         if token is None:
             raise HttpError(401, "this token is unknown, expired or revoked")
         user, scopes = token.user, list(token.scopes)
     elif payload.username is not None and payload.password is not None:
+        if not settings.GOCI_PASSWORD_SIGNIN:  # refused before any password is checked
+            raise HttpError(
+                403,
+                "password sign-in is off on this server: exchange a personal API token "
+                "instead (create one on the API tokens page after signing in with your forge)",
+            )
         # Through the authentication backends, so that django-axes counts a failure and
         # refuses a locked-out username or address (it answers None, as for a bad password).
         found = authenticate(request=request, username=payload.username, password=payload.password)

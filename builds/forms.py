@@ -145,6 +145,12 @@ class _ProjectFields(_Form):
     )
     default_branch = forms.CharField(label="Default branch", max_length=200, initial="main")
 
+    def clean_repo_url(self) -> str:
+        url: str = self.cleaned_data["repo_url"]
+        if problem := services.repo_url_problem(url):
+            raise forms.ValidationError(problem)
+        return url
+
 
 class ProjectCreateForm(_ProjectFields):
     """A new project (services.project_create); its maker becomes its owner."""
@@ -170,6 +176,17 @@ class ProjectSettingsForm(_ProjectFields):
         label="Pipeline file",
         max_length=200,
         help_text="The file name shown with a pipeline's problems, e.g. .goci.yml",
+    )
+    auto_cancel = forms.BooleanField(
+        label="Cancel superseded builds",
+        required=False,
+        help_text="A new push to a branch, or a new commit on a pull request, cancels that "
+        "branch's or pull request's unfinished builds of older commits.",
+    )
+    public = forms.BooleanField(
+        label="Public status badge",
+        required=False,
+        help_text="The status badge needs no token. Builds and logs stay for members.",
     )
 
 

@@ -434,19 +434,44 @@ def load_file(path: str | os.PathLike[str]) -> Pipeline:
     return load(data, filename)
 
 
-def secrets_wanted(pipeline: Pipeline) -> list[tuple[str, str]]:
-    """(step, secret name) for every secret a step asks for, in step order."""
-    return [(step.name, name) for step in pipeline.steps for name in step.secret_env.values()]
+def secrets_wanted(
+    pipeline: Pipeline,
+    *,
+    branch: str | None = None,
+    event: str | None = None,
+    changed_files: Sequence[str] | None = None,
+    judge: bool = False,
+) -> list[tuple[str, str]]:
+    """(step, secret name) for every secret a step asks for, in step order. With
+    `judge`, only of the steps whose `when` (and the pipeline's) can hold for this
+    branch, event and changed files: a deploy step kept for pushes does not need its
+    secrets in a pull request's build, which skips it."""
+
+    def holds(when: When | None) -> bool:
+        return when is None or when.matches(branch=branch, event=event, changed_files=changed_files)
+
+    if judge and not holds(pipeline.when):
+        return []
+    return [
+        (step.name, name)
+        for step in pipeline.steps
+        if not judge or holds(step.when)
+        for name in step.secret_env.values()
+    ]
 
 
 def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
     """The pipeline with each step's secrets in its env: only those it asks for. Made
-    just before it runs (worker, `goci run`) and never stored. `values`: by secret name,
-    every one that secrets_wanted() names."""
+    just before it runs (worker, `goci run`) and never stored. `values`: by secret name;
+    a secret without a value (a step that will be skipped, a fork's build) leaves its
+    variable unset."""
     steps = tuple(
         replace(
             step,
-            env={**step.env, **{var: values[name] for var, name in step.secret_env.items()}},
+            env={
+                **step.env,
+                **{var: values[name] for var, name in step.secret_env.items() if name in values},
+            },
         )
         if step.secret_env
         else step

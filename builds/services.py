@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
@@ -22,6 +24,7 @@ from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
+from builds.clone_urls import clone_url_problem
 from builds.models import (
     FINISHED,
     TOKEN_SCOPES,
@@ -41,6 +44,8 @@ from builds.models import (
 from builds.pipeline import Pipeline, load, plan
 from builds.secrets import decrypt, encrypt
 from goci import audit
+
+log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "goci_queue"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -180,10 +185,18 @@ def slug_problem(value: str) -> str | None:
     return None
 
 
+def repo_url_problem(url: str) -> str | None:
+    """What is wrong with a repository URL as a clone URL (syntax only: the worker
+    resolves and checks its host before each clone), or None; "" is no repository."""
+    return clone_url_problem(url, settings.GOCI_CLONE_ALLOWED_HOSTS) if url else None
+
+
 def project_create(*, user: User, slug: str, name: str = "", **fields: Any) -> Project:
     """A new project; `user` becomes its owner. Conflict if the slug is taken."""
     if problem := slug_problem(slug):
         raise InvalidRequest(f"slug: {problem}")
+    if problem := repo_url_problem(fields.get("repo_url", "")):
+        raise InvalidRequest(f"repo_url: {problem}")
     try:
         with transaction.atomic():
             project = Project.objects.create(
@@ -210,6 +223,8 @@ def project_update(*, project: Project, **fields: Any) -> Project:
     unknown = set(fields) - set(PROJECT_FIELDS)
     if unknown:
         raise InvalidRequest(f"these project settings cannot be changed: {sorted(unknown)}")
+    if problem := repo_url_problem(fields.get("repo_url", "")):
+        raise InvalidRequest(f"repo_url: {problem}")
     for name, value in fields.items():
         setattr(project, name, value)
     if "name" in fields and not project.name:
@@ -223,8 +238,20 @@ def project_update(*, project: Project, **fields: Any) -> Project:
 
 
 def webhook_secret(project: Project) -> str:
-    """The secret that signs the project's deliveries ("": it accepts none)."""
-    return decrypt(project.webhook_secret) if project.webhook_secret else ""
+    """The secret that signs the project's deliveries ("": it accepts none, as when
+    GOCI_SECRET_KEYS no longer holds the key it was stored with: a maintainer rotates
+    it, and the start-up notice and the logs say why)."""
+    if not project.webhook_secret:
+        return ""
+    try:
+        return decrypt(project.webhook_secret)
+    except InvalidToken:
+        log.warning(
+            "project %s: its webhook secret cannot be decrypted with GOCI_SECRET_KEYS; "
+            "rotate it in the project's settings",
+            project.slug,
+        )
+        return ""
 
 
 def webhook_secret_rotate(*, project: Project) -> str:
@@ -565,13 +592,23 @@ def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pi
     return parsed
 
 
+def build_set_changed_files(*, job_id: int, attempt: int, changed_files: list[str] | None) -> None:
+    """The files a pull request changes, as the worker's checkout found them (`git
+    diff base...head`), for `when: {path: ...}`; None: unknown. Fenced."""
+    with fenced(job_id, attempt):
+        Build.objects.filter(jobs__id=job_id).update(changed_files=changed_files)
+
+
 commit_status_due = Signal()  # sent once a transaction that queued a commit status commits
 
 
 def commit_status_queue(build: Build, state: str, description: str) -> None:
     """Queue a commit status for the build's forge (builds/commit_status.py sends it).
     An older one of the build not yet sent never will be: it would overwrite this."""
-    CommitStatus.objects.filter(build=build, sent_at__isnull=True).update(superseded=True)
+    # Of any build of this commit: a rerun's status is the commit's newest too.
+    CommitStatus.objects.filter(
+        build__project_id=build.project_id, build__commit=build.commit, sent_at__isnull=True
+    ).update(superseded=True)
     CommitStatus.objects.create(
         build=build, state=state, description=description[:140], next_attempt_at=timezone.now()
     )
@@ -645,6 +682,10 @@ def _status_words(build: Build, status: str) -> str:
     if build.superseded_by_id is not None:
         superseded = Build.objects.filter(pk=build.superseded_by_id).values_list("number")
         return f"#{build.number} was superseded by #{superseded.get()[0]}"
+    if status == Status.ERROR:
+        error = build.jobs.exclude(error="").values_list("error", flat=True).first()
+        if error and error.strip():
+            return f"#{build.number} could not run: {error.strip().splitlines()[0]}"
     words: dict[str, str] = {
         Status.SUCCESS: "succeeded",
         Status.FAILURE: "failed",

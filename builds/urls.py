@@ -6,6 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
 from builds import logs, token_pages, views
+from goci import oauth
 
 
 class UsernameConverter:
@@ -26,7 +27,8 @@ register_converter(UsernameConverter, "username")
 app_name = "builds"
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    # Django's LoginView, which refuses passwords when GOCI_PASSWORD_SIGNIN is off.
+    path("login/", oauth.SignInView.as_view(), name="login"),
     # LogoutView answers POST only (Django 5): a link or a prefetch cannot sign you out.
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.dashboard, name="dashboard"),
@@ -35,6 +37,17 @@ urlpatterns = [
     path("projects/<slug:slug>/", views.project_detail, name="project"),
     path("projects/<slug:slug>/run", views.project_run, name="project-run"),
     path("projects/<slug:slug>/settings", views.project_settings, name="project-settings"),
+    path(
+        "projects/<slug:slug>/webhook/rotate",
+        views.project_webhook_rotate,
+        name="project-webhook-rotate",
+    ),
+    path("projects/<slug:slug>/deliveries", views.project_deliveries, name="project-deliveries"),
+    path(
+        "projects/<slug:slug>/deliveries/<int:delivery_id>/redeliver",
+        views.delivery_redeliver,
+        name="project-delivery-redeliver",
+    ),
     path("projects/<slug:slug>/secrets", views.project_secret_set, name="project-secrets"),
     path(
         "projects/<slug:slug>/secrets/<str:name>/delete",

@@ -16,11 +16,21 @@ from functools import wraps
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, Max, OuterRef, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    ExpressionWrapper,
+    F,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+)
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -29,7 +39,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from builds import access, secrets, services
+from builds import access, secrets, services, webhooks
 from builds.forms import (
     BuildFilterForm,
     MemberAddForm,
@@ -42,7 +52,16 @@ from builds.forms import (
     SecretForm,
 )
 from builds.logs import iter_step_lines, log_pieces, stream_text
-from builds.models import Build, LogChunk, Membership, Project, Role, Status, Step
+from builds.models import (
+    Build,
+    LogChunk,
+    Membership,
+    Project,
+    Role,
+    Status,
+    Step,
+    WebhookDelivery,
+)
 from builds.pipeline import PipelineError
 
 PAGE_SIZE = 50
@@ -475,6 +494,10 @@ def _settings_page(
         "form": form or ProjectSettingsForm(initial=initial),
         "secrets": secrets.secret_list(project=project),
         "secret_form": secret_form or SecretForm(),
+        # Shown to maintainers (this page is theirs): the secret is for them to paste
+        # into the forge's webhook settings.
+        "webhook_url": _webhook_url(request, project),
+        "webhook_secret": services.webhook_secret(project),
         **_can(project),
     }
     if context["can_own"]:
@@ -483,6 +506,75 @@ def _settings_page(
             candidates=_transfer_candidates(project)
         )
     return render(request, "builds/project_settings.html", context)
+
+
+def _webhook_url(request: HttpRequest, project: Project) -> str:
+    """The address to paste into the forge: GOCI_PUBLIC_URL's (what the forge reaches),
+    else this request's own host."""
+    path = reverse("webhook", args=[project.slug])
+    if settings.GOCI_PUBLIC_URL:
+        return settings.GOCI_PUBLIC_URL.rstrip("/") + path
+    return request.build_absolute_uri(path)
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def project_webhook_rotate(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project_or_404(request, slug, access.MANAGE)
+    services.webhook_secret_rotate(project=project)
+    messages.success(
+        request,
+        "A new webhook secret was made: paste it into the forge's webhook settings. "
+        "Deliveries signed with the old one are refused from now on.",
+    )
+    return redirect(reverse("builds:project-settings", args=[project.slug]) + "#webhook")
+
+
+@login_required
+@require_GET
+@_denied_as_403
+def project_deliveries(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project's last deliveries, newest first, each with what came of it."""
+    project = _project_or_404(request, slug, access.MANAGE)
+    deliveries = (
+        WebhookDelivery.objects.filter(project=project)
+        .select_related("build")
+        # A body may weigh megabytes: the page needs to know only whether there is one.
+        .defer("body", "headers")
+        .annotate(verified=ExpressionWrapper(Q(body__isnull=False), output_field=BooleanField()))
+        .order_by("-id")[: services.MAX_DELIVERIES]
+    )
+    context = {
+        "project": project,
+        "deliveries": deliveries,
+        "webhook_url": _webhook_url(request, project),
+        **_can(project),
+    }
+    return render(request, "builds/deliveries.html", context)
+
+
+@login_required
+@require_POST
+@_denied_as_403
+def delivery_redeliver(request: HttpRequest, slug: str, delivery_id: int) -> HttpResponse:
+    """Process a verified delivery's stored body again, as a new delivery with a fresh
+    idempotency key: it builds again even if it built before."""
+    project = _project_or_404(request, slug, access.MANAGE)
+    delivery = (
+        WebhookDelivery.objects.select_related("project")
+        .filter(project=project, pk=delivery_id, body__isnull=False)
+        .first()
+    )
+    if delivery is None:
+        raise Http404("no such delivery, or it was not verified")
+    answer = webhooks.redeliver(delivery, author=request.user)  # type: ignore[arg-type]  # login_required
+    notice = f"Redelivered: {answer.detail}"
+    if answer.delivery.outcome == WebhookDelivery.Outcome.BUILD:
+        messages.success(request, notice)
+    else:
+        messages.warning(request, notice)
+    return redirect("builds:project-deliveries", slug=project.slug)
 
 
 @login_required
@@ -662,8 +754,16 @@ def _attachment(response: StreamingHttpResponse, filename: str) -> StreamingHttp
 def _header_context(build: Build) -> dict[str, Any]:
     build.elapsed = _elapsed(build.started_at, build.finished_at, timezone.now())  # type: ignore[attr-defined]
     runs = access.has_role(getattr(build.project, "role", None), access.RUN)
+    superseded_by = None
+    if build.superseded_by_id is not None:
+        superseded_by = Build.objects.filter(pk=build.superseded_by_id).only("number").first()
     return {
         "build": build,
+        "superseded_by": superseded_by,
+        # Only a web address becomes a link (a payload could hold a javascript: one).
+        "compare_link": build.compare_url
+        if build.compare_url.startswith(("https://", "http://"))
+        else "",
         # The server's clock, which logview.js's running durations count from.
         "now": timezone.now(),
         # Buttons only for those who may use them (the views check again).

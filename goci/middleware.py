@@ -25,7 +25,9 @@ from django.utils.deprecation import MiddlewareMixin
 from goci.public import client_address
 
 # No inline script, no eval: an injected <script> or on*= attribute never runs.
-# connect-src 'self' covers the page's own ws:/wss: origin too (CSP level 3).
+# connect-src 'self' covers the page's own ws:/wss: origin too (CSP level 3). Forms post
+# to Goci only, but a forge's sign-in form is redirected to the forge (goci/oauth.py) and
+# browsers check form-action on each redirect: the configured forges' origins are allowed.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -35,7 +37,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "connect-src 'self'",
         "frame-ancestors 'none'",
         "base-uri 'self'",
-        "form-action 'self'",
+        " ".join(["form-action 'self'", *settings.GOCI_OAUTH_ORIGINS]),
         "object-src 'none'",
     ]
 )

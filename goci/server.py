@@ -233,11 +233,15 @@ def up(host: str, port: int, workers: int) -> int:
             complain("cannot start: the database or the static files could not be prepared")
             return EXIT_FAILED
         login = ensure_admin()
+        if not settings.GOCI_PASSWORD_SIGNIN:
+            login = "with a forge account (password sign-in is off)"
         # Only now: importing them sets up the ASGI app and loads the models.
+        from builds.commit_status import StatusSender  # noqa: PLC0415
         from goci.asgi import application  # noqa: PLC0415
         from runners.worker import Worker  # noqa: PLC0415
 
         worker = Worker(name=f"{socket.gethostname()}-up", concurrency=workers)
+        sender = StatusSender()  # commit statuses back to the forges, beside the worker
     except (ValueError, OSError, ImproperlyConfigured, CommandError, DatabaseError) as exc:
         # Settings (DEBUG=ture), the data directory, the database: say which and stop.
         complain(f"cannot start: {exc}")
@@ -253,7 +257,9 @@ def up(host: str, port: int, workers: int) -> int:
     # Twisted runs "when running" calls just before the asyncio loop starts; started()
     # needs the running loop (and its errors logged by asyncio), so it is queued there.
     reactor.callWhenRunning(lambda: asyncio.get_event_loop().call_soon(embedded.started))
+    sender.start()
     server.run()
+    sender.stop()
     if server.listen_failure:
         # "Couldn't listen on 127.0.0.1:8000: [Errno 98] Address already in use."
         complain(f"{server.listen_failure} Choose another with --port (or --host).")

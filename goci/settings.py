@@ -12,6 +12,7 @@ import secrets
 from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -84,6 +85,45 @@ def env_public_url(name: str) -> str:
             f"not {value!r}"
         )
     return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """A switch an operator flips: 1/true/yes/on or 0/false/no/off; anything else is an
+    error rather than a guess."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be on or off (1/true/yes/on or 0/false/no/off), not {value!r}")
+
+
+def env_forge_url(name: str, default: str) -> str:
+    """A forge's address (http or https, a host, maybe a path such as /gitlab) without
+    its trailing slash, or `default`."""
+    value = os.environ.get(name, "").strip() or default
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    ):
+        raise ValueError(
+            f"{name} must be the forge's address, like https://gitlab.example.com "
+            f"(http or https, a host, an optional port and path), not {value!r}"
+        )
+    return value.rstrip("/")
 
 
 def embedded_secret_key(data_dir: Path) -> str:
@@ -166,6 +206,14 @@ INSTALLED_APPS = [
     "builds",
     "runners",
     "goci.audit",
+    # Sign in with GitHub, GitLab or Gitea (goci/oauth.py). Installed whatever is
+    # configured, so that the migrations are the same on every server.
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.github",
+    "allauth.socialaccount.providers.gitlab",
+    "allauth.socialaccount.providers.gitea",
 ]
 
 MIDDLEWARE = [
@@ -178,6 +226,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",  # request.htmx: one URL serves page or fragment
     "goci.audit.middleware.AuditOrigin",  # who acts, from where: for goci.audit.record
+    "allauth.account.middleware.AccountMiddleware",  # the request allauth's flows need
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "goci.middleware.ContentSecurityPolicy",
     # Last, as axes requires: it turns a locked-out sign-in into the lockout page.
@@ -196,6 +245,9 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The forges' buttons and whether passwords are taken, on every page
+                # that shows the sign-in form (the throttle's lockout page too).
+                "goci.oauth.sign_in_options",
             ],
         },
     },
@@ -264,10 +316,72 @@ GOCI_HOST_STEPS = os.environ.get("GOCI_HOST_STEPS", "deny").strip().lower() or "
 if GOCI_HOST_STEPS not in ("deny", "allow"):
     raise ValueError(f"GOCI_HOST_STEPS must be 'deny' or 'allow', not {GOCI_HOST_STEPS!r}")
 GOCI_DEFAULT_IMAGE = os.environ.get("GOCI_DEFAULT_IMAGE", "").strip()
+# Hosts (names or IP addresses, comma-separated) that clone URLs may reach although
+# they resolve to a loopback, private or link-local address, and the only hosts that
+# may be cloned over plain http (builds/clone_urls.py, docs/checkout.md).
+GOCI_CLONE_ALLOWED_HOSTS = env_list("GOCI_CLONE_ALLOWED_HOSTS", [])
 
 LOGIN_URL = "builds:login"  # /login/, routed in builds/urls.py with the dashboard
 LOGIN_REDIRECT_URL = "builds:dashboard"
 LOGOUT_REDIRECT_URL = "builds:login"
+
+# Sign in with GitHub, GitLab or Gitea (django-allauth, with goci/oauth.py's adapter).
+# A forge is on when both its GOCI_OAUTH_<FORGE>_CLIENT_ID and _SECRET are set; its
+# callback is <public address>/accounts/<forge>/login/callback/ (docs/deploy.md).
+# allauth's GitHub and Gitea adapters read their URL when first imported: fine, since
+# these are read once at start-up.
+GOCI_PASSWORD_SIGNIN = env_switch("GOCI_PASSWORD_SIGNIN", True)
+_FORGE_URLS = {  # allauth's name for each forge's address, and its default
+    "github": ("GITHUB_URL", ""),  # unset: github.com (its API is api.github.com)
+    "gitlab": ("GITLAB_URL", "https://gitlab.com"),
+    "gitea": ("GITEA_URL", "https://gitea.com"),
+}
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, Any]] = {}
+# The forges' origins, where the sign-in form is redirected: the Content-Security-Policy's
+# form-action allows them (browsers check each redirect of a form's navigation).
+GOCI_OAUTH_ORIGINS: list[str] = []
+for _forge, (_url_name, _default_url) in _FORGE_URLS.items():
+    _prefix = f"GOCI_OAUTH_{_forge.upper()}_"
+    _client_id = os.environ.get(f"{_prefix}CLIENT_ID", "").strip()
+    _client_secret = env_secret(f"{_prefix}SECRET", "").strip()
+    _forge_url = env_forge_url(f"{_prefix}URL", _default_url)
+    if bool(_client_id) != bool(_client_secret):
+        _missing = f"{_prefix}SECRET" if _client_id else f"{_prefix}CLIENT_ID"
+        raise ValueError(
+            f"{_missing} is not set: signing in with {_forge} needs both "
+            f"{_prefix}CLIENT_ID and {_prefix}SECRET (or neither, to turn it off)"
+        )
+    if _client_id:
+        # Settings-based apps: nothing about the forges is kept in the database.
+        SOCIALACCOUNT_PROVIDERS[_forge] = {
+            "APPS": [{"client_id": _client_id, "secret": _client_secret, "key": ""}],
+            **({_url_name: _forge_url} if _forge_url else {}),
+        }
+        _parts = urlsplit(_forge_url or "https://github.com")  # only GitHub's may be unset
+        GOCI_OAUTH_ORIGINS.append(f"{_parts.scheme}://{_parts.netloc}")
+GOCI_OAUTH_FORGES = list(SOCIALACCOUNT_PROVIDERS)
+if not GOCI_PASSWORD_SIGNIN and not GOCI_OAUTH_FORGES:
+    raise ValueError(
+        "GOCI_PASSWORD_SIGNIN is off and no forge is set up (GOCI_OAUTH_GITHUB_CLIENT_ID "
+        "and _SECRET, or GitLab's, or Gitea's): nobody could sign in"
+    )
+SOCIALACCOUNT_ADAPTER = "goci.oauth.ForgeAdapter"
+SOCIALACCOUNT_LOGIN_ON_GET = False  # starting a sign-in is a POST with the CSRF token
+SOCIALACCOUNT_AUTO_SIGNUP = True  # a first sign-in makes the user; there is no form
+SOCIALACCOUNT_QUERY_EMAIL = True  # GitHub: the user:email scope, for the verified flags
+# A verified address of the forge signs in the one user with that User.email; the
+# adapter decides which (ForgeAdapter.authenticate_by_email), then the forge account is
+# connected to that user for later sign-ins.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+SOCIALACCOUNT_EMAIL_VERIFICATION = "none"
+SOCIALACCOUNT_STORE_TOKENS = False  # Goci never calls a forge for the user afterwards
+ACCOUNT_EMAIL_VERIFICATION = "none"  # Goci sends no email
+# Admins may give two users one address; the adapter links only when exactly one has it.
+# (A constant: allauth's migrations depend on it.)
+ACCOUNT_UNIQUE_EMAIL = False
+# The callback address is built from the request; behind the TLS proxy it is https.
+ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if GOCI_PUBLIC_URL.startswith("https://") else "http"
 
 # Sign-in throttling (django-axes): after GOCI_LOGIN_FAILURE_LIMIT failures for one
 # username (from anywhere), or from one client address (for any usernames), sign-in is

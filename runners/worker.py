@@ -25,14 +25,38 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from builds import access_tokens, services
+from builds.clone_urls import CloneUrlRefused, check_clone_url
 from builds.live import Publisher
-from builds.models import Build, Job, Status
-from builds.pipeline import Pipeline, PipelineError, load, secrets_wanted, with_secret_values
-from builds.secrets import SecretError, SecretRefused, secrets_resolve
+from builds.models import Build, Job, Project, Status, Step
+from builds.pipeline import (
+    MAX_BYTES,
+    Pipeline,
+    PipelineError,
+    load,
+    secrets_wanted,
+    with_secret_values,
+)
+from builds.pipeline import Step as PipelineStep
+from builds.secrets import (
+    CLONE_SSH_KEY,
+    CLONE_TOKEN,
+    SecretError,
+    SecretRefused,
+    secret_for_goci,
+    secrets_resolve,
+)
+from runners.checkout import (
+    Checkout,
+    CheckoutCanceled,
+    CheckoutError,
+    Credentials,
+    pr_head_ref,
+)
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
+from runners.lines import StepLog
 from runners.owner import owner_alive, owner_label
 from runners.queue import job_claim, job_heartbeat, job_release, jobs_reap
 from runners.reporting import BuildReporter, with_retry
@@ -57,16 +81,35 @@ JOB_TOKEN_SLACK = 600
 # PATH of host steps on a server (Docker's default): the worker's own may name its
 # virtualenv or other private tools.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The pipeline file read from the repository: the project's pipeline_path, and if that
+# is the default and missing, the other spelling.
+DEFAULT_PIPELINE = ".goci.yml"
+ALTERNATE_PIPELINE = ".goci.yaml"
+# SSH host keys, trusted on first use, under GOCI_DATA_DIR (docs/checkout.md).
+KNOWN_HOSTS = "ssh_known_hosts"
 
 
 @dataclass
 class _Running:
     job: Job
     engine: Engine | None = None
+    checkout: threading.Event | None = None  # set: stop the checkout
     reporter: BuildReporter | None = None
     release: bool = False  # shutting down: hand the job back instead of finishing it
     renewed: float = field(default_factory=time.monotonic)  # when the lease was last renewed
     done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def busy(self) -> bool:
+        """Checking out or running steps: the heartbeat renews it and looks for a cancel."""
+        return self.engine is not None or self.checkout is not None
+
+    def cancel(self) -> None:
+        checkout, engine = self.checkout, self.engine
+        if checkout is not None:
+            checkout.set()
+        if engine is not None:
+            engine.cancel()
 
 
 class Worker:
@@ -200,8 +243,7 @@ class Worker:
             if not running.done.is_set():
                 log.warning("job %s still running after the grace: re-queued", running.job.pk)
                 running.release = True
-                if running.engine is not None:
-                    running.engine.cancel()
+                running.cancel()
         for running in list(self._running.values()):
             running.done.wait()
 
@@ -220,20 +262,48 @@ class Worker:
         job = running.job
         build = job.build  # job_claim read the build, its project and the steps
         steps = {step.name: step.pk for step in job.steps.all()}
+        pipeline = None
+        if build.pipeline:  # else the checkout reads it from the repository
+            try:
+                pipeline = load(build.pipeline, build.project.pipeline_path)
+            except PipelineError as exc:  # validated at submit; only a format change gets here
+                self._finish(job, Status.ERROR, f"the pipeline is no longer valid: {exc}")
+                return
+        workspace = make_workspace(job)
         try:
-            pipeline = load(build.pipeline, build.project.pipeline_path)
-        except PipelineError as exc:  # validated at submit; only a format change gets here
-            self._finish(job, Status.ERROR, f"the pipeline is no longer valid: {exc}")
-            return
+            if build.checkout:
+                checked = self._checkout(running, workspace, steps, pipeline)
+                if checked is None:  # the build ended there
+                    return
+                pipeline, steps = checked
+            assert pipeline is not None  # build_create: no checkout, no build without one
+            self._run_pipeline(running, pipeline, steps, workspace)
+        finally:
+            remove_workspace(workspace)
+
+    def _run_pipeline(
+        self, running: _Running, pipeline: Pipeline, steps: dict[str, int], workspace: Path
+    ) -> None:
+        job = running.job
+        build = job.build
         values: dict[str, str] = {}
-        if wanted := secrets_wanted(pipeline):
+        wanted = secrets_wanted(
+            pipeline,
+            branch=_branch(build),
+            event=EVENTS.get(build.trigger, build.trigger),
+            changed_files=build.changed_files,
+            judge=True,
+        )
+        # A fork's code runs with no secret: the variables it asks for stay unset (as
+        # in GitHub Actions and Woodpecker), and the build page says why.
+        if wanted and not build.fork:
             try:
                 values = with_retry(
                     lambda: secrets_resolve(
                         project=build.project,
                         wanted=wanted,
                         **secret_scope(build),
-                        branch=_branch(build.ref),
+                        branch=_branch(build),
                     ),
                     what="reading secrets",
                 )
@@ -252,11 +322,9 @@ class Worker:
         # The job's own API credential: reads this build while this attempt runs.
         lifetime = (pipeline.timeout or JOB_TOKEN_LIFETIME) + JOB_TOKEN_SLACK
         job_token = access_tokens.issue_for_job(job, lifetime=lifetime)
-        workspace = make_workspace(job)
         try:
             executor = self._executor(pipeline.steps, workspace)
         except Exception as exc:  # noqa: BLE001  (the build shows why it could not run)
-            remove_workspace(workspace)
             # Docker unreachable, a bad GOCI_STEP_* setting: every step shows why.
             unstarted = BuildReporter(job, steps, self.publisher, on_lost=lambda: None)
             self._abandon(job, unstarted, pipeline, str(exc))
@@ -276,16 +344,14 @@ class Worker:
             pipeline,
             executor,
             reporter,
-            branch=_branch(build.ref),
+            branch=_branch(build),
             event=EVENTS.get(build.trigger, build.trigger),
             env={**build.env, **server_env(build), "GOCI_JOB_TOKEN": job_token},
             log_cap=settings.GOCI_LOG_CAP,
+            changed_files=build.changed_files,
         )
         running.reporter, running.engine = reporter, engine
-        if self.publisher is not None:  # the page shows "running" without waiting to poll
-            self.publisher.publish(
-                job.build_id, {"type": "build.status", "build": job.build_id, "status": "running"}
-            )
+        self._publish_running(job)
         try:
             engine.run()
         except Exception as exc:
@@ -297,9 +363,171 @@ class Worker:
             return
         finally:
             running.engine = None  # the heartbeat stops looking at it
-            remove_workspace(workspace)
         if reporter.lost:
             log.warning("job %s attempt %s was taken from us", job.pk, job.attempt)
+
+    def _publish_running(self, job: Job) -> None:
+        if self.publisher is not None:  # the page shows "running" without waiting to poll
+            self.publisher.publish(
+                job.build_id, {"type": "build.status", "build": job.build_id, "status": "running"}
+            )
+
+    # -- the checkout (the step "clone") ---------------------------------------------
+
+    def _checkout(
+        self,
+        running: _Running,
+        workspace: Path,
+        steps: dict[str, int],
+        pipeline: Pipeline | None,
+    ) -> tuple[Pipeline, dict[str, int]] | None:
+        """Fetch the build's commit into the workspace as the step "clone", read the
+        pipeline from it if the build has none yet, and find a pull request's changed
+        files. Returns the pipeline and the step ids, or None if the build ended here
+        (it is then finished, handed back, or no longer ours)."""
+        job = running.job
+        build = job.build
+        clone = PipelineStep(name=services.CHECKOUT_STEP, run="", index=0)
+        cancel = threading.Event()
+        problem = ""
+        try:
+            credentials = with_retry(
+                lambda: clone_credentials(build.project), what="reading clone credentials"
+            )
+        except SecretError as exc:
+            credentials, problem = Credentials(), str(exc)
+        reporter = BuildReporter(
+            job, steps, self.publisher, on_lost=cancel.set, secrets=credentials.secrets()
+        )
+        if pipeline is not None and not pipeline.clone:  # a retry of a build planned so
+            reporter.step_finished(
+                clone,
+                StepResult(clone.name, Outcome.SKIPPED, error="the pipeline says clone: false"),
+            )
+            reporter.flush()
+            return None if reporter.lost else (pipeline, steps)
+        step_log = StepLog(
+            lambda first, lines: reporter.step_log(clone, first, lines, time.time()),
+            cap=settings.GOCI_LOG_CAP,
+        )
+        running.reporter, running.checkout = reporter, cancel
+        self._publish_running(job)
+        reporter.step_started(clone, 1)
+        error: str | None = None
+        try:
+            if problem:
+                raise CheckoutError(problem)
+            target = check_clone_url(build.project.repo_url, settings.GOCI_CLONE_ALLOWED_HOSTS)
+            with Checkout(
+                workspace,
+                target,
+                commit=build.commit,
+                ref=fetch_ref(build),
+                credentials=credentials,
+                known_hosts=Path(settings.GOCI_DATA_DIR) / KNOWN_HOSTS,
+                output=step_log.write,
+                idle=reporter.idle,
+                cancel=cancel,
+                exclude=[OWNER_FILE],
+            ) as checkout:
+                checkout.fetch(pipeline.clone_depth if pipeline is not None else 1)
+                if pipeline is None:
+                    pipeline = self._plan(job, checkout, build.project.pipeline_path)
+                    steps = dict(Step.objects.filter(job_id=job.pk).values_list("name", "pk"))
+                if build.pr_number is not None and (build.base_commit or build.target_branch):
+                    files = checkout.changed_files(build.base_commit, build.target_branch)
+                    with_retry(
+                        lambda: services.build_set_changed_files(
+                            job_id=job.pk, attempt=job.attempt, changed_files=files
+                        ),
+                        what="storing the changed files",
+                    )
+                    build.changed_files = files
+                if not pipeline.clone:
+                    empty_workspace(workspace)
+                    step_log.write(
+                        b"[goci] clone: false - the files were fetched only to "
+                        b"read the pipeline, and are removed\n"
+                    )
+                else:
+                    checkout.deepen(pipeline.clone_depth)
+        except CloneUrlRefused as exc:
+            error = f"the clone URL is refused: {exc}"
+        except (CheckoutError, PipelineError, services.InvalidRequest) as exc:
+            error = str(exc)
+        except OSError as exc:  # the workspace or a temporary directory
+            error = f"the checkout failed: {exc}"
+        except CheckoutCanceled:
+            pass
+        except services.LeaseLost:
+            reporter.lost = True
+        finally:
+            running.checkout = None
+        if error is not None:
+            step_log.write(f"{error}\n".encode())
+        step_log.end_attempt()
+        if reporter.lost:
+            return None
+        if error is None and not cancel.is_set():
+            assert pipeline is not None
+            reporter.step_finished(clone, StepResult(clone.name, Outcome.SUCCESS))
+            reporter.flush()
+            return None if reporter.lost else (pipeline, steps)
+        self._end_at_checkout(running, reporter, clone, pipeline, error)
+        return None
+
+    def _plan(self, job: Job, checkout: Checkout, path: str) -> Pipeline:
+        """The pipeline file of the commit, validated and stored as the build's, with its
+        steps (PipelineError with every problem's file:line:column, CheckoutError)."""
+        filename = path
+        data = checkout.read(path, MAX_BYTES)
+        if data is None and path == DEFAULT_PIPELINE:
+            filename = ALTERNATE_PIPELINE
+            data = checkout.read(filename, MAX_BYTES)
+        if data is None:
+            also = f" (nor {ALTERNATE_PIPELINE})" if path == DEFAULT_PIPELINE else ""
+            raise CheckoutError(
+                f"{path}: no such file in commit {job.build.commit[:12]}{also}: add the "
+                "pipeline file to the repository, or set the project's pipeline path"
+            )
+        load(data, filename)  # the bytes as they are: the problems' positions are exact
+        text = data.decode()
+        return with_retry(
+            lambda: services.build_plan(
+                job_id=job.pk, attempt=job.attempt, pipeline=text, filename=filename
+            ),
+            what="planning the build",
+        )
+
+    def _end_at_checkout(
+        self,
+        running: _Running,
+        reporter: BuildReporter,
+        clone: PipelineStep,
+        pipeline: Pipeline | None,
+        error: str | None,
+    ) -> None:
+        """The checkout failed (error) or was canceled (None): the clone step says so,
+        the pipeline's steps are skipped, and the job ends - or, if the worker is
+        stopping, goes back to the queue."""
+        job = running.job
+        if error is None and running.release:
+            reporter.flush()
+            with_retry(lambda: job_release(job_id=job.pk, attempt=job.attempt), what="releasing")
+            return
+        if error is None:
+            ended = StepResult(clone.name, Outcome.CANCELED)
+            reason, status = "the pipeline was canceled", Status.CANCELED
+        else:
+            ended = StepResult(clone.name, Outcome.ERROR, error=error)
+            reason, status = f"'{clone.name}' could not run", Status.ERROR
+        reporter.step_finished(clone, ended)
+        for step in pipeline.steps if pipeline is not None else ():
+            reporter.step_finished(step, StepResult(step.name, Outcome.SKIPPED, error=reason))
+        with contextlib.suppress(Exception):  # the same failure may strike again
+            reporter.flush()
+        if not reporter.lost:
+            self._finish(job, status, reporter.sink.mask.text(error or ""))
 
     def _conclude(self, running: _Running, result: BuildResult) -> None:
         """The engine is done: finish the job, or hand it back if shutting down."""
@@ -378,7 +606,7 @@ class Worker:
         try:
             while not self._beat_stop.wait(CHECK_EVERY):
                 with self._lock:
-                    jobs = [r for r in self._running.values() if r.engine is not None]
+                    jobs = [r for r in self._running.values() if r.busy]
                 if not jobs:
                     continue
                 try:
@@ -395,9 +623,8 @@ class Worker:
                     connection.close()
                     continue
                 for running in jobs:
-                    engine = running.engine
-                    if running.job.build_id in canceled and engine is not None:
-                        engine.cancel()
+                    if running.job.build_id in canceled:
+                        running.cancel()
         finally:
             connection.close()
 
@@ -472,10 +699,41 @@ def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:
     return dataclasses.replace(pipeline, steps=steps)
 
 
-def _branch(ref: str) -> str | None:
-    if ref.startswith("refs/tags/"):
+def clone_credentials(project: Project) -> Credentials:
+    """The project's GOCI_CLONE_TOKEN and GOCI_CLONE_SSH_KEY, for Goci's own use only."""
+    return Credentials(
+        token=secret_for_goci(project, CLONE_TOKEN) or "",
+        ssh_key=secret_for_goci(project, CLONE_SSH_KEY) or "",
+    )
+
+
+def fetch_ref(build: Build) -> str:
+    """The ref to fetch if the server will not send the commit by its id: a pull
+    request's head, or the build's ref."""
+    if build.pr_number is not None:
+        return pr_head_ref(build.forge, build.pr_number)
+    return build.ref
+
+
+def empty_workspace(workspace: Path) -> None:
+    """Remove the checkout (`clone: false`), keeping the owner mark."""
+    for path in workspace.iterdir():
+        if path.name == OWNER_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _branch(build: Build) -> str | None:
+    """The branch `when:` and secrets' branch rules see: a pull request's target branch
+    (as Woodpecker's CI_COMMIT_BRANCH and GitHub's `branches:` filter), none for a tag."""
+    if build.pr_number is not None:
+        return build.target_branch or None
+    if build.ref.startswith("refs/tags/"):
         return None
-    return ref.removeprefix("refs/heads/") or None
+    return build.ref.removeprefix("refs/heads/") or None
 
 
 def make_workspace(job: Job) -> Path:

@@ -55,6 +55,17 @@ BUILD_KEYS = {
     "duration",
     "cancel_requested",
     "rerun_of",
+    # What a forge's delivery told (issue #12).
+    "superseded_by",
+    "fork",
+    "forge",
+    "commit_author",
+    "compare_url",
+    "pr_number",
+    "pr_title",
+    "source_branch",
+    "target_branch",
+    "changed_files",
 }
 JOB_KEYS = {
     "id",
@@ -430,13 +441,31 @@ def test_missing_fields_and_wrong_types_are_422_listing_each(project: Any, api: 
     )
 
     assert missing.status_code == wrong.status_code == 422
-    assert {(e["path"], e["type"]) for e in missing.json()["errors"]} == {
-        ("project", "missing"),
-        ("pipeline", "missing"),
-    }
+    assert {(e["path"], e["type"]) for e in missing.json()["errors"]} == {("project", "missing")}
     assert "body project: Field required" in missing.json()["detail"]
     assert {e["path"] for e in wrong.json()["errors"]} == {"pipeline", "env.A", "ref"}
     assert Build.objects.count() == 0
+
+
+def test_no_pipeline_needs_a_commit_of_the_projects_repository(project: Any, api: Api) -> None:
+    """The pipeline may be left out only when the worker can read it from the repository
+    at the build's commit."""
+    for body in ({"project": "shop"}, {"project": "shop", "pipeline": "", "commit": "a" * 40}):
+        answer = api.post("/api/builds", body)
+        assert answer.status_code == 422, answer.content
+        assert answer.json()["detail"] == (
+            "no pipeline: give one, or a commit of a project with a repository to read it from"
+        )
+    assert Build.objects.count() == 0
+    project.repo_url = "https://git.example/shop.git"
+    project.save()
+
+    answer = api.post("/api/builds", {"project": "shop", "commit": "a" * 40})
+
+    assert answer.status_code == 201, answer.content
+    build = Build.objects.get()
+    assert (build.pipeline, build.checkout) == ("", True)
+    assert [step["name"] for step in answer.json()["jobs"][0]["steps"]] == ["clone"]
 
 
 def test_a_body_over_the_limit_is_413(project: Any, api: Api) -> None:

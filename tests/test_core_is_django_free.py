@@ -19,6 +19,8 @@ CORE = (
     "runners/executors/local.py",
     "runners/executors/docker.py",
     "runners/supervise.py",
+    "builds/clone_urls.py",
+    "runners/checkout.py",
 )
 # The server's libraries; our modules that use them are caught through their imports.
 SERVER_ONLY = {"django", "channels", "channels_redis", "ninja", "daphne", "asgiref"}

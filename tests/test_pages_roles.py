@@ -17,7 +17,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from builds import services
-from builds.models import ApiToken, Build, Membership, Project, Role, Secret
+from builds.badges import urlpatterns as badge_urlpatterns
+from builds.models import ApiToken, Build, Membership, Project, Role, Secret, WebhookDelivery
 from builds.secrets import secret_set
 from builds.urls import urlpatterns
 from goci.audit.urls import urlpatterns as audit_urlpatterns
@@ -35,7 +36,7 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 class Case:
     name: str  # the URL pattern's name
     method: str
-    url: str  # {build}: the build's id
+    url: str  # {build}: the build's id; {delivery}: a verified delivery's
     data: dict[str, str]
     # Per role, in the order of ROLES: the status, or for a 403 the role it names.
     answers: tuple[int | str, ...]
@@ -67,6 +68,11 @@ CASES = [
     Case("project-settings", "get", "/projects/web/settings", {}, MANAGE_GET),
     Case("project-settings", "post", "/projects/web/settings",
          {"name": "Renamed", "default_branch": "dev", "pipeline_path": "ci.yml"}, MANAGE),
+    # Webhooks: the secret and the deliveries are the maintainers'.
+    Case("project-webhook-rotate", "post", "/projects/web/webhook/rotate", {}, MANAGE),
+    Case("project-deliveries", "get", "/projects/web/deliveries", {}, MANAGE_GET),
+    Case("project-delivery-redeliver", "post", "/projects/web/deliveries/{delivery}/redeliver",
+         {}, MANAGE),
     Case("project-secrets", "post", "/projects/web/secrets",
          {"name": "NEW_TOKEN", "value": "new-value", "events": "push"}, MANAGE),
     Case("project-secret-delete", "post", "/projects/web/secrets/DEPLOY_TOKEN/delete", {},
@@ -99,6 +105,8 @@ CASES = [
     Case("tokens", "get", "/account/tokens", {}, ANYONE),
     Case("tokens", "post", "/account/tokens", {"name": "ci", "scopes": "read"}, (201,) * 5),
     Case("token-revoke", "post", "/account/tokens/999999/revoke", {}, (404,) * 5),
+    # The status badge's token (builds/badges.py) is the maintainers' to rotate.
+    Case("badge-token-rotate", "post", "/projects/web/badge/rotate", {}, MANAGE),
 ]  # fmt: skip
 
 
@@ -117,18 +125,37 @@ def world() -> dict[str, Any]:
     make_project(users["outsider"], "elsewhere")
     build = submit(project, PIPELINE)  # type: ignore[arg-type]
     secret_set(project=project, name="DEPLOY_TOKEN", value="deploy-value", user=owner)  # type: ignore[arg-type]
-    return {"users": users, "build": build}
+    ping = services.delivery_record(
+        project=project,  # type: ignore[arg-type]
+        delivery_id="d-1",
+        forge="github",
+        event="ping",
+        outcome=WebhookDelivery.Outcome.IGNORED,
+        reason="ping",
+        headers={"x-github-event": "ping"},
+        body=b'{"zen": "Keep it logically awesome."}',
+    )
+    return {"users": users, "build": build, "delivery": ping}
+
+
+def url_of(case: Case, world: dict[str, Any]) -> str:
+    return case.url.format(build=world["build"].pk, delivery=world["delivery"].pk)
 
 
 def state() -> Any:
     """Everything a page or form could change."""
     members = Membership.objects.order_by("pk")
     return (
-        list(Project.objects.order_by("pk").values_list("slug", "name", "default_branch")),
+        list(
+            Project.objects.order_by("pk").values_list(
+                "slug", "name", "default_branch", "webhook_secret", "badge_token"
+            )
+        ),
         list(members.values_list("project__slug", "user__username", "role")),
         list(Build.objects.order_by("pk").values_list("pk", "status", "cancel_requested")),
         list(Secret.objects.order_by("pk").values_list("name", "ciphertext", "events")),
         list(ApiToken.objects.order_by("pk").values_list("pk", "revoked_at")),
+        list(WebhookDelivery.objects.order_by("pk").values_list("pk", "outcome")),
     )
 
 
@@ -139,7 +166,7 @@ def test_each_page_answers_each_role_as_its_rules_say(
 ) -> None:
     client = Client()
     client.force_login(world["users"][role])
-    url = case.url.format(build=world["build"].pk)
+    url = url_of(case, world)
     before = state()
     response = getattr(client, case.method)(url, case.data)
     answer = case.answers[ROLES.index(role)]
@@ -157,8 +184,9 @@ def test_each_page_answers_each_role_as_its_rules_say(
 
 
 def test_the_table_covers_every_page_of_the_dashboard() -> None:
-    patterns = [*urlpatterns, *audit_urlpatterns]
-    names = {pattern.name for pattern in patterns} - {"login", "logout"}  # type: ignore[union-attr]
+    patterns = [*urlpatterns, *audit_urlpatterns, *badge_urlpatterns]
+    # The badge itself is public: tests/test_every_route.py's PUBLIC.
+    names = {pattern.name for pattern in patterns} - {"login", "logout", "badge"}  # type: ignore[union-attr]
     assert names == {case.name for case in CASES}
 
 
@@ -180,7 +208,7 @@ def test_a_denied_htmx_request_reloads_the_page_which_says_why(world: dict[str, 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_anonymous_is_sent_to_sign_in_everywhere(world: dict[str, Any], case: Case) -> None:
     before = state()
-    response = getattr(Client(), case.method)(case.url.format(build=world["build"].pk), case.data)
+    response = getattr(Client(), case.method)(url_of(case, world), case.data)
     assert response.status_code == 302
     assert response["Location"].startswith("/login/?next=")
     assert state() == before

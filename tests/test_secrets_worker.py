@@ -164,13 +164,18 @@ def test_a_secret_not_given_to_the_event_ends_the_build_naming_the_rule() -> Non
     )
 
 
-def test_a_fork_build_sees_no_secret_and_neither_does_its_rerun() -> None:
+def test_a_fork_build_runs_with_no_secret_and_so_does_its_rerun() -> None:
+    """As in GitHub Actions and Woodpecker: a fork's code runs, and the variables it
+    asks secrets for stay unset."""
     project = make_project()
     owner = User.objects.get(username="ann")
     secret_set(
         project=project, name="DEPLOY_TOKEN", value=TOKEN, user=None, events=["pull_request"]
     )
-    pipeline = "steps:\n  - name: deploy\n    env: {T: {from_secret: deploy_token}}\n    run: env\n"
+    pipeline = (
+        "steps:\n  - name: deploy\n    env: {T: {from_secret: deploy_token}}\n"
+        '    run: echo "T=${T:-unset}"\n'
+    )
     build = submit(project, pipeline, trigger=Build.Trigger.PULL_REQUEST)
     Build.objects.filter(pk=build.pk).update(fork=True)
     build.refresh_from_db()
@@ -182,9 +187,36 @@ def test_a_fork_build_sees_no_secret_and_neither_does_its_rerun() -> None:
     run(rerun)
 
     for each in (build, rerun):
-        assert each.status == Status.ERROR
-        assert "comes from a fork" in Step.objects.get(job__build=each).error
-    assert not LogChunk.objects.exists()
+        assert each.status == Status.SUCCESS
+        step = Step.objects.get(job__build=each)
+        assert LogChunk.objects.get(step=step).text == "T=unset"
+
+
+def test_a_step_that_when_skips_needs_no_secret() -> None:
+    """A pull request's build skips the deploy step kept for pushes: the secret that
+    step asks for, not given to pull requests, does not stop the build."""
+    project = make_project()
+    secret_set(project=project, name="DEPLOY_TOKEN", value=TOKEN, user=None)  # not for PRs
+    pipeline = """
+        steps:
+          - name: test
+            run: echo tested
+          - name: deploy
+            when: {event: push}
+            env: {T: {from_secret: deploy_token}}
+            run: echo "deploying with $T"
+        """
+    pull = submit(project, pipeline, trigger=Build.Trigger.PULL_REQUEST, ref="refs/pull/1/head")
+    push = submit(project, pipeline, trigger=Build.Trigger.PUSH, ref="refs/heads/main")
+
+    run(pull)
+    run(push)
+
+    steps = dict(Step.objects.filter(job__build=pull).values_list("name", "status"))
+    assert (pull.status, steps) == (Status.SUCCESS, {"test": "success", "deploy": "skipped"})
+    deploy = Step.objects.get(job__build=push, name="deploy")
+    assert (push.status, deploy.status) == (Status.SUCCESS, Status.SUCCESS)
+    assert LogChunk.objects.get(step=deploy).text == "deploying with ********"
 
 
 @pytest.mark.docker

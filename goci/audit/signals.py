@@ -34,7 +34,10 @@ def connect() -> None:
 
 
 def signed_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    audit.record("signin.success", actor=user)
+    from goci.oauth import forge_of  # noqa: PLC0415  (allauth's adapters: the web side only)
+
+    forge = forge_of(request) if request is not None else None
+    audit.record("signin.success", actor=user, details={"provider": forge} if forge else None)
 
 
 def sign_in_failed(

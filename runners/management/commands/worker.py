@@ -9,6 +9,7 @@ from typing import Any
 from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandParser
 
+from builds.commit_status import StatusSender
 from goci import checks
 from runners.worker import Worker, persistent_connections
 
@@ -52,5 +53,13 @@ class Command(BaseCommand):
         self.stdout.write(
             f"worker {worker.name}: running up to {worker.concurrency} job(s) at once"
         )
-        worker.run()
+        # Commit statuses go back to the forges from here, beside the builds but never
+        # in their way (builds/commit_status.py). Not with --once: the next worker
+        # sends what this one queued.
+        sender = StatusSender()
+        sender.start()
+        try:
+            worker.run()
+        finally:
+            sender.stop()
         self.stdout.write(f"worker {worker.name}: stopped")
