@@ -44,6 +44,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_browser.py
 	$(PY) bench/bench_secrets.py
 	$(PY) bench/bench_clone.py
+	$(PY) bench/bench_webhook.py
 	$(PY) bench/bench_oauth.py
 
 fmt: $(VENV)/.dev-installed

@@ -60,7 +60,12 @@ def test_every_project_member_and_build_action_in_the_pages_is_recorded(
     assert (
         browser.post("/projects/new", {"slug": "web", "default_branch": "main"}).status_code == 302
     )
-    settings = {"name": "Web", "default_branch": "dev", "pipeline_path": "ci.yml"}
+    settings = {
+        "name": "Web",
+        "default_branch": "dev",
+        "pipeline_path": "ci.yml",
+        "auto_cancel": "on",
+    }
     assert browser.post("/projects/web/settings", settings).status_code == 302
     assert (
         browser.post("/projects/web/members", {"username": "bob", "role": "viewer"}).status_code
@@ -104,6 +109,8 @@ def test_every_project_member_and_build_action_in_the_pages_is_recorded(
         "repo_url": "",
         "default_branch": "dev",
         "pipeline_path": "ci.yml",
+        "auto_cancel": True,
+        "public": False,
     }
     assert only("member.add").details == {"member": "bob", "role": "viewer"}
     assert events("member.change")[0].details == {
