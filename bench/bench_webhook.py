@@ -99,6 +99,11 @@ def deliver(url: str, secret: str, before: str, after: str, clone_url: str) -> f
 
 def main() -> None:
     os.environ["GOCI_CLONE_ALLOWED_HOSTS"] = "127.0.0.1"
+    # One key for this process and the web and worker processes (each has its own data
+    # directory, so a key derived from its SECRET_KEY would differ).
+    from cryptography.fernet import Fernet
+
+    os.environ["GOCI_SECRET_KEYS"] = Fernet.generate_key().decode()
     prepare_database()
     import django
 
@@ -107,6 +112,7 @@ def main() -> None:
 
     from builds import services
     from builds.models import FINISHED, Build, Project, Step
+    from builds.secrets import FORGE_TOKEN, secret_set
     from tests.git_server import GitServer, Repo
 
     Project.objects.all().delete()
@@ -123,6 +129,8 @@ def main() -> None:
         repo = Repo.create(server.root / "acme", "shop")
         clone_url = f"{server.base}/acme/shop.git"
         services.project_update(project=project, repo_url=clone_url)
+        # Statuses go to the git server's forge API (recorded there), as in production.
+        secret_set(project=project, name=FORGE_TOKEN, value="bench-forge-token", user=user)
         secret = services.webhook_secret(project)
         port = free_port()
         web = start_web(tmp, port)
