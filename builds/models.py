@@ -164,6 +164,12 @@ class Job(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     attempt = models.PositiveIntegerField(default=1)
     worker = models.CharField(max_length=200, blank=True)
+    # Which worker or runner took it (its name stays in `worker` if the row goes).
+    runner = models.ForeignKey(
+        "runners.Runner", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    # Every label a runner must have to take it (the pipeline's `runs_on`).
+    labels = models.JSONField(default=list, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
