@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from bench.bench_server import prepare_database, start_worker, stop  # noqa: E402
 
 PUSHES = 50
-CORPUS = REPO.parent / "shared" / "corpus" / "webhooks" / "gitea" / "push-branch.json"
+CORPUS = REPO / "tests" / "corpus" / "webhooks" / "gitea" / "push-branch.json"
 PIPELINE = "steps:\n  - {name: hello, run: 'echo hello'}\n"
 
 

@@ -1,7 +1,8 @@
 """The forges' deliveries read without Django: recognising the forge from its headers,
 verifying a signature on the raw bytes, and turning every real payload of the corpus
-(../shared/corpus/webhooks/) into the build it asks for, or the reason it asks for
-none. The view that does this for a request is tested in tests/test_webhooks.py."""
+(tests/corpus/webhooks/, copied byte-for-byte from the team's shared corpus) into the
+build it asks for, or the reason it asks for none. The view that does this for a
+request is tested in tests/test_webhooks.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from builds.forges import (
     recognise,
 )
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "webhooks"
+CORPUS = Path(__file__).resolve().parent / "corpus" / "webhooks"
 INDEX = json.loads((CORPUS / "index.json").read_text()) if CORPUS.exists() else []
 SIGNED = json.loads((CORPUS / "signed-deliveries.json").read_text()) if CORPUS.exists() else []
 FORGES = {forge.name: forge for forge in all_forges()}

@@ -26,7 +26,7 @@ from tests.queue_helpers import make_project
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "webhooks" / "gitea"
+CORPUS = Path(__file__).resolve().parent / "corpus" / "webhooks" / "gitea"
 FORGE_API_TOKEN = "forge-api-token-1234"  # noqa: S105  (a test value)
 DEPLOY_KEY = "deploy-key-value-5678"
 
