@@ -45,6 +45,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_secrets.py
 	$(PY) bench/bench_clone.py
 	$(PY) bench/bench_webhook.py
+	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_oauth.py
 
 fmt: $(VENV)/.dev-installed

@@ -64,6 +64,8 @@ from builds.models import (
 from builds.pipeline import MAX_BYTES, PipelineError
 from goci.audit import reading as audit_reading
 from goci.audit.models import AuditEvent
+from runners import services as runner_services
+from runners.models import RegistrationToken
 
 PAGE_SIZE = 50
 # Numbers that become an OFFSET or a bound in SQL: beyond SQLite's (and PostgreSQL's
@@ -393,6 +395,25 @@ class BuildOut(Schema):
     changed_files: list[str] | None = Field(
         description="What the push or pull request changed; null: not known."
     )
+    queue_reason: str | None = Field(
+        None,
+        description="Why a queued build waits, e.g. 'position 4 of 9 in the queue' or "
+        "'waiting for a runner with labels [gpu]: none is online'; null unless queued.",
+    )
+
+    @staticmethod
+    def resolve_queue_reason(build: Build, context: dict[str, Any]) -> str | None:
+        # One snapshot of runners and queue per request: a page of builds costs two
+        # queries, and none unless one of them is queued.
+        from runners.reasons import QueueSnapshot  # noqa: PLC0415  (keeps this edit within BuildOut)
+
+        if build.status != Status.QUEUED:
+            return None
+        request = context["request"]
+        snapshot = getattr(request, "goci_queue_snapshot", None)
+        if snapshot is None:
+            snapshot = request.goci_queue_snapshot = QueueSnapshot()
+        return snapshot.reason(build)
 
     @staticmethod
     def resolve_project(build: Build) -> str:
@@ -1173,3 +1194,88 @@ def issue_access_token(request: HttpRequest, payload: AccessTokenIn) -> dict[str
         "expires_in": settings.GOCI_JWT_TTL,
         "scopes": scopes,
     }
+
+
+# ---------------------------------------------------------------------------
+# Registration tokens for remote runners (runners/services.py): the server's admins'
+# (superusers) alone; anyone else gets 403. The runner API itself is runners/api.py.
+
+
+class RegistrationTokenIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reusable: bool = Field(
+        False, description="False: it registers one runner. True: any number, until revoked."
+    )
+    expires_in_hours: int | None = Field(
+        None,
+        ge=1,
+        le=runner_services.MAX_EXPIRY_HOURS,
+        description="Left out: 24 hours for a single-use token, never for a reusable one.",
+    )
+
+
+class RegistrationTokenOut(Schema):
+    id: int
+    prefix: str = Field(description="Its first characters, to recognise it.")
+    single_use: bool
+    created_at: datetime
+    expires_at: datetime | None
+    used_at: datetime | None = Field(description="When a runner last registered with it.")
+    revoked_at: datetime | None
+
+
+class RegistrationTokenCreatedOut(RegistrationTokenOut):
+    token: str = Field(description="The secret: shown this once, never again.")
+
+
+def _server_admin(request: HttpRequest) -> User:
+    user = _user(request)
+    if not runner_services.is_admin(user):
+        raise HttpError(403, "registration tokens are for the server's admins (superusers)")
+    return user
+
+
+@api.get(
+    "/runners/registration-tokens",
+    response={200: list[RegistrationTokenOut], 403: ErrorOut},
+    tags=["runners"],
+)
+def list_registration_tokens(request: HttpRequest) -> QuerySet[RegistrationToken]:
+    """Every registration token, newest first; never their secrets. Admins only."""
+    _server_admin(request)
+    return RegistrationToken.objects.order_by("-id")
+
+
+@api.post(
+    "/runners/registration-tokens",
+    response={201: RegistrationTokenCreatedOut, 403: ErrorOut, **INVALID},
+    tags=["runners"],
+)
+def create_registration_token(
+    request: HttpRequest, payload: RegistrationTokenIn
+) -> Reply[dict[str, Any]]:
+    """Create a registration token for `goci runner register`; its secret is in this
+    answer only. Admins only; scope: admin."""
+    token, secret = runner_services.registration_token_create(
+        user=_server_admin(request),
+        single_use=not payload.reusable,
+        expires_in_hours=payload.expires_in_hours,
+    )
+    return Reply(201, {**RegistrationTokenOut.model_validate(token).model_dump(), "token": secret})
+
+
+@api.delete(
+    "/runners/registration-tokens/{int:token_id}",
+    response={204: None, 403: ErrorOut, **NOT_FOUND},
+    tags=["runners"],
+)
+def revoke_registration_token(request: HttpRequest, token_id: int) -> Reply[None]:
+    """Revoke a registration token: no runner registers with it any more (those it
+    registered keep working). Admins only; scope: admin."""
+    _server_admin(request)
+    token = RegistrationToken.objects.filter(pk=token_id).first()
+    if token is None:
+        raise _not_found(f"registration token {token_id}")
+    runner_services.registration_token_revoke(token=token)
+    return Reply(204, None)

@@ -9,6 +9,7 @@ Public API (other modules depend on these names):
 - ``load_file(path) -> Pipeline``: the same for a file, refusing big files unread.
 - ``plan(pipeline) -> dict[str, tuple[str, ...]]``: step name -> names it waits for.
 - ``parse_duration(text) -> int`` seconds.
+- ``parse_labels(text) -> tuple[str, ...]``: a worker's `--labels a,b`, checked.
 - ``json_schema() -> dict``: JSON Schema (draft-07) of the format, for editors.
 - ``When.matches(branch=, event=, changed_files=)``: whether a `when` holds.
 """
@@ -168,6 +169,8 @@ class Pipeline:
     clone: bool = True
     clone_depth: int = 1
     when: When | None = None  # unless it matches, every step is skipped
+    # `runs_on:` - every label a runner (or worker) must have to take the job.
+    runs_on: tuple[str, ...] = ()
 
 
 # Limits that protect the server from hostile or broken files; all are checked
@@ -184,6 +187,8 @@ MAX_GLOB = 4096  # characters of one path pattern
 # Path patterns in a pipeline, counting each use and each {a,b} alternative: matching
 # costs patterns x changed files, and compiling one costs 0.3-0.8 ms.
 MAX_GLOBS = 1000
+MAX_LABEL = 64  # characters of one runner label
+MAX_LABELS = 20  # labels in `runs_on`, and on one runner
 
 RESERVED_KEYS = (
     "matrix",
@@ -191,7 +196,6 @@ RESERVED_KEYS = (
     "secrets",
     "artifacts",
     "cache",
-    "runs-on",
     "jobs",
     "on",
     "if",
@@ -208,6 +212,9 @@ _DURATION = r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$"
 _DURATION_RE = re.compile(_DURATION)
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_NAME_RE = re.compile(_ENV_NAME)
+# A runner label: lower case, so that `GPU` and `gpu` cannot name two label sets.
+_LABEL = r"^[a-z0-9][a-z0-9._-]*$"
+_LABEL_RE = re.compile(_LABEL)
 # What YAML parsers refuse (PyYAML's set, minus a byte-order mark inside the text,
 # which libyaml refuses); checked first so both parsers report it the same way.
 # Written as the few characters refused rather than "not the many allowed": the same
@@ -272,6 +279,21 @@ _PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
         "Run the pipeline only if every given condition matches; otherwise every step "
         "is skipped and the build succeeds.",
         {"allOf": [{"$ref": "#/definitions/when"}]},
+    ),
+    "runs_on": (
+        "Labels a runner must all have to take this pipeline's job, e.g. [linux, gpu]: "
+        "a label or a list of them; without it any runner takes it.",
+        {
+            "anyOf": [
+                {"$ref": "#/definitions/label"},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_LABELS,
+                    "items": {"$ref": "#/definitions/label"},
+                },
+            ]
+        },
     ),
     "steps": (
         "Required. The steps to run, in file order.",
@@ -368,7 +390,12 @@ _PIPELINE_HINTS = {
     "skip_clone": "write `clone: false`",
     "depth": "write `clone: {depth: N}`",
     "fetch-depth": "write `clone: {depth: N}`; 0 fetches the whole history",
+    "runs-on": "Goci calls this 'runs_on', the labels a runner must have",
+    "tags": "Goci calls this 'runs_on', the labels a runner must have",
+    "labels": "Goci calls this 'runs_on', the labels a runner must have",
+    "platform": "name it as a label in 'runs_on', e.g. `runs_on: [linux, arm64]`",
 }
+_RUNS_ON_HINT = "labels apply to the whole pipeline: write `runs_on:` at its top"
 _RUN_HINT = "Goci calls this 'run', one script with a command per line"
 _STEP_HINTS = {
     "depends_on": "Goci calls this 'needs'",
@@ -389,6 +416,10 @@ _STEP_HINTS = {
     "except": "use 'when' with 'branch' and 'event'",
     "rules": "use 'when' with 'branch' and 'event'",
     "uses": "Goci runs the script in 'run'; it checks the commit out itself (see 'clone')",
+    "runs-on": _RUNS_ON_HINT,
+    "runs_on": _RUNS_ON_HINT,
+    "tags": _RUNS_ON_HINT,
+    "labels": _RUNS_ON_HINT,
 }
 _WHEN_HINTS = {
     "paths": "Goci calls this 'path'",
@@ -480,6 +511,33 @@ def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipelin
     return replace(pipeline, steps=steps)
 
 
+def parse_labels(text: str) -> tuple[str, ...]:
+    """`linux,gpu` (a worker's `--labels`) -> ("linux", "gpu"): each checked like a
+    label of `runs_on`, duplicates dropped; "" is no label. ValueError says why."""
+    labels = [label.strip() for label in text.split(",")] if text.strip() else []
+    for label in labels:
+        check_label(label)
+    if len(set(labels)) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels, found {len(set(labels))}")
+    return tuple(dict.fromkeys(labels))
+
+
+def check_label(label: str) -> str:
+    """A runner label, or ValueError saying why it is not one."""
+    shown = repr(label) if len(label) <= 40 else f"a label of {len(label)} characters"
+    if not label:
+        raise ValueError("a label is empty")
+    if len(label) > MAX_LABEL:
+        raise ValueError(f"a label may be at most {MAX_LABEL} characters, found {shown}")
+    if not _LABEL_RE.fullmatch(label):
+        hint = f" (write {label.lower()!r})" if _LABEL_RE.fullmatch(label.lower()) else ""
+        raise ValueError(
+            f"invalid label {shown}{hint}: use lower-case letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return label
+
+
 def plan(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
     """Step name -> names of the steps it waits for (see docs/pipeline.md)."""
     waits = _waits_for([(s.name, s.parallel, s.needs) for s in pipeline.steps])
@@ -546,6 +604,12 @@ def json_schema() -> dict[str, object]:
                 "additionalProperties": False,
                 "minProperties": 1,
                 "properties": properties(_CLONE_KEYS),
+            },
+            "label": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_LABEL,
+                "pattern": _LABEL,
             },
         },
     }
@@ -1568,6 +1632,7 @@ class _Checker:
         timeout = self.scalar(pairs, "timeout", "", parse_duration, "a duration")
         clone, clone_depth = self.clone(pairs)
         when = self.when(pairs, "")
+        runs_on = self.runs_on(pairs)
         steps = self.read_steps(root, pairs, image, env, secrets)
         if self.problems or steps is None:
             return None
@@ -1582,7 +1647,31 @@ class _Checker:
             clone=clone,
             clone_depth=clone_depth,
             when=when,
+            runs_on=runs_on,
         )
+
+    def runs_on(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[str, ...]:
+        """`runs_on: gpu` or `runs_on: [linux, gpu]`: the labels, each checked once."""
+        if "runs_on" not in pairs:
+            return ()
+        node = pairs["runs_on"][1]
+        if isinstance(node, SequenceNode) and not node.value:
+            message = "the list is empty: name the labels a runner must have, or remove it"
+            self.add(node, "runs_on", message)
+            return ()
+        found = self.names(node, "runs_on", allow_empty=False, what="label")
+        if found is None:
+            return ()
+        for label, item, item_path in found:
+            try:
+                check_label(label)
+            except ValueError as error:
+                self.add(item, item_path, str(error))
+        labels = tuple(dict.fromkeys(label for label, _, _ in found))
+        if len(labels) > MAX_LABELS:
+            message = f"too many labels ({len(labels)}); a pipeline may need at most {MAX_LABELS}"
+            self.add(node, "runs_on", message)
+        return labels
 
     def read_steps(
         self,

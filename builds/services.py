@@ -509,7 +509,7 @@ def build_create(
                 checkout=checkout,
                 **origin,
             )
-            job = Job.objects.create(build=build)
+            job = Job.objects.create(build=build, labels=list(parsed.runs_on) if parsed else [])
             if checkout:
                 Step.objects.create(job=job, name=CHECKOUT_STEP, position=0)
             if parsed is not None:

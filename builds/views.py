@@ -63,6 +63,7 @@ from builds.models import (
     WebhookDelivery,
 )
 from builds.pipeline import PipelineError
+from runners.reasons import queue_reason
 
 PAGE_SIZE = 50
 # The furthest page of a build list: 5,000,000 builds back, further than anyone pages,
@@ -769,6 +770,8 @@ def _header_context(build: Build) -> dict[str, Any]:
         # Buttons only for those who may use them (the views check again).
         "can_cancel": runs and build.status in ACTIVE and not build.cancel_requested,
         "can_rerun": runs and build.finished,
+        # Why it waits; the header polls itself, so this follows the queue and runners.
+        "queue_reason": queue_reason(build),
     }
 
 

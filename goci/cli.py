@@ -33,6 +33,7 @@ from builds.pipeline import (
     Step,
     json_schema,
     load_file,
+    parse_labels,
     secrets_wanted,
     with_secret_values,
 )
@@ -269,6 +270,14 @@ def text_arg(text: str) -> str:
     return text
 
 
+def labels_arg(text: str) -> str:
+    """`--labels a,b`, checked here so that a typo stops before Django starts."""
+    try:
+        return ",".join(parse_labels(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def git_branch(directory: Path) -> str | None:
     """The checked-out branch, for `when: branch`; None outside a repository."""
     try:
@@ -454,7 +463,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_django()
     from django.core.management import call_command  # noqa: PLC0415
 
-    options = {"concurrency": args.concurrency, "once": args.once}
+    options = {"concurrency": args.concurrency, "once": args.once, "labels": args.labels}
     if args.name:
         options["name"] = args.name
     call_command("worker", **options)
@@ -531,6 +540,70 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
             )
         token_revoke(token=token)
     print(f"goci: token {token.name!r} (id {token.pk}) of {args.user} revoked", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_runner_token_create(args: argparse.Namespace) -> int:
+    with server_database():
+        from builds.services import InvalidRequest  # noqa: PLC0415
+        from runners.services import registration_token_create  # noqa: PLC0415
+
+        try:
+            token, secret = registration_token_create(
+                user=None, single_use=not args.reusable, expires_in_hours=args.expires_in_hours
+            )
+        except InvalidRequest as exc:
+            raise UsageError(str(exc)) from None
+    print(secret)
+    use = "single-use" if token.single_use else "reusable"
+    expiry = f"until {token.expires_at:%Y-%m-%d %H:%M UTC}" if token.expires_at else "no expiry"
+    print(
+        f"goci: registration token {token.prefix}… (id {token.pk}), {use}, {expiry}; it is "
+        "shown once: register a runner with `goci runner register --server URL --token TOKEN`",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_runner_token_list(args: argparse.Namespace) -> int:
+    with server_database():
+        from runners.models import RegistrationToken  # noqa: PLC0415
+
+        tokens = list(RegistrationToken.objects.order_by("id"))
+    if not tokens:
+        print("No registration tokens: create one with `goci runner token create`.")
+        return EXIT_OK
+
+    def when(moment: object) -> str:
+        return f"{moment:%Y-%m-%d %H:%M UTC}" if moment else "-"
+
+    rows = [("ID", "PREFIX", "USE", "EXPIRES", "USED", "REVOKED")]
+    for token in tokens:
+        rows.append(
+            (
+                str(token.pk),
+                token.prefix,
+                "single-use" if token.single_use else "reusable",
+                when(token.expires_at) if token.expires_at else "never",
+                when(token.used_at),
+                when(token.revoked_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join(_row(row, widths) for row in rows))
+    return EXIT_OK
+
+
+def cmd_runner_token_revoke(args: argparse.Namespace) -> int:
+    with server_database():
+        from runners.models import RegistrationToken  # noqa: PLC0415
+        from runners.services import registration_token_revoke  # noqa: PLC0415
+
+        token = RegistrationToken.objects.filter(pk=args.id).first()
+        if token is None:
+            raise UsageError(f"no registration token {args.id} (`goci runner token list`)")
+        registration_token_revoke(token=token)
+    print(f"goci: registration token {token.prefix}… (id {token.pk}) revoked", file=sys.stderr)
     return EXIT_OK
 
 
@@ -878,6 +951,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run up to N jobs at once (default 1)",
     )
     worker.add_argument("--name", type=text_arg, help="this worker's name (default: host-pid)")
+    worker.add_argument(
+        "--labels",
+        type=labels_arg,
+        default="",
+        metavar="A,B",
+        help="its labels: it takes the jobs whose `runs_on` labels it all has "
+        "(default none: only jobs that need no label)",
+    )
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     worker.set_defaults(handler=cmd_worker)
 
@@ -989,6 +1070,44 @@ def build_parser() -> argparse.ArgumentParser:
     token_revoke.add_argument("--user", required=True, type=text_arg, help="whose token")
     token_revoke.add_argument("id", metavar="ID", type=int, help="the token's id")
     token_revoke.set_defaults(handler=cmd_token_revoke)
+
+    runner = commands.add_parser("runner", help="remote runners that reach the server over HTTP")
+    runner_sub = runner.add_subparsers(dest="runner_command", required=True, metavar="COMMAND")
+    runner_token = runner_sub.add_parser(
+        "token", help="manage registration tokens (on the server, as its admin)"
+    )
+    runner_token_sub = runner_token.add_subparsers(
+        dest="runner_token_command", required=True, metavar="COMMAND"
+    )
+    runner_token_create = runner_token_sub.add_parser(
+        "create",
+        help="create a registration token and print it once",
+        description="Create a registration token for `goci runner register` and print it on "
+        "stdout, once; only its hash is kept. Single-use (expiring after 24 hours unless "
+        "--expires-in-hours says otherwise) unless --reusable.",
+    )
+    runner_token_create.add_argument(
+        "--reusable",
+        action="store_true",
+        help="it registers any number of runners until revoked (default: one runner)",
+    )
+    runner_token_create.add_argument(
+        "--expires-in-hours",
+        type=int,
+        metavar="N",
+        help="it stops working after N hours (default: 24 for a single-use token, never "
+        "for a reusable one)",
+    )
+    runner_token_create.set_defaults(handler=cmd_runner_token_create)
+    runner_token_list = runner_token_sub.add_parser(
+        "list", help="list registration tokens (never their secrets)"
+    )
+    runner_token_list.set_defaults(handler=cmd_runner_token_list)
+    runner_token_revoke = runner_token_sub.add_parser(
+        "revoke", help="revoke a registration token; the runners it registered keep working"
+    )
+    runner_token_revoke.add_argument("id", metavar="ID", type=int, help="the token's id")
+    runner_token_revoke.set_defaults(handler=cmd_runner_token_revoke)
 
     secret = commands.add_parser(
         "secret",

@@ -7,6 +7,7 @@ own knobs are GOCI_*. Code reads django.conf.settings, never os.environ.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -304,6 +305,13 @@ GOCI_JWT_TTL = env_int("GOCI_JWT_TTL", 900)
 # The queue and the workers.
 GOCI_LEASE_SECONDS = env_int("GOCI_LEASE_SECONDS", 30)
 GOCI_JOB_MAX_ATTEMPTS = env_int("GOCI_JOB_MAX_ATTEMPTS", 2)
+# A worker or runner whose last contact is older than this is offline (queue reasons,
+# the runners page); workers touch their row every third of a lease.
+# A remote runner is in contact at least every 30 s (a long poll), a worker every third
+# of a lease.
+GOCI_RUNNER_OFFLINE_SECONDS = env_int(
+    "GOCI_RUNNER_OFFLINE_SECONDS", max(90, 3 * GOCI_LEASE_SECONDS)
+)
 GOCI_SHUTDOWN_GRACE = env_int("GOCI_SHUTDOWN_GRACE", 30)
 GOCI_WORKSPACE_ROOT = Path(os.environ.get("GOCI_WORKSPACE_ROOT", GOCI_DATA_DIR / "workspaces"))
 GOCI_LOG_CAP = env_int("GOCI_LOG_CAP", 100 * 1024 * 1024)
@@ -320,6 +328,23 @@ GOCI_DEFAULT_IMAGE = os.environ.get("GOCI_DEFAULT_IMAGE", "").strip()
 # they resolve to a loopback, private or link-local address, and the only hosts that
 # may be cloned over plain http (builds/clone_urls.py, docs/checkout.md).
 GOCI_CLONE_ALLOWED_HOSTS = env_list("GOCI_CLONE_ALLOWED_HOSTS", [])
+
+# /metrics (goci/health.py) answers bearers of GOCI_METRICS_TOKEN and clients whose
+# address (goci.public.client_address: behind the proxy, the one it forwarded) is in
+# GOCI_METRICS_ALLOW: IP addresses or CIDR networks, comma-separated. Neither set: it is
+# closed, and everyone gets the 404 of an unknown URL.
+GOCI_METRICS_TOKEN = env_secret("GOCI_METRICS_TOKEN", "").strip()
+GOCI_METRICS_ALLOW = env_list("GOCI_METRICS_ALLOW", [])
+for _network in GOCI_METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"GOCI_METRICS_ALLOW must list IP addresses or networks such as 10.0.0.0/8, "
+            f"comma-separated; {_network!r} is neither"
+        ) from None
+# Probes and Prometheus reach the process directly over http: no redirect to https.
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)$"]
 
 LOGIN_URL = "builds:login"  # /login/, routed in builds/urls.py with the dashboard
 LOGIN_REDIRECT_URL = "builds:dashboard"

@@ -9,16 +9,28 @@ compare-and-swap on the status, and SQLite runs one writer at a time.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q, Value
+from django.db import IntegrityError, connection, transaction
+from django.db.models import BooleanField, Exists, F, Q, QuerySet, Value
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from builds.models import Build, Job, Status, Step
-from builds.services import LeaseLost, build_settle, notify_queue
+from builds.models import FINISHED, Build, Job, LogChunk, Status, Step
+from builds.services import (
+    InvalidRequest,
+    LeaseLost,
+    build_settle,
+    job_finish,
+    job_report,
+    notify_queue,
+)
+from runners.models import Runner
 
 RUNNER_LOST = "runner lost"
 
@@ -27,18 +39,46 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.GOCI_LEASE_SECONDS)
 
 
-def job_claim(*, worker: str) -> Job | None:
-    """Take the oldest queued job and its lease, or None. One transaction claims the
-    job, marks its build running and reads all the worker needs to run it: the job
-    comes with its build and project (job.build) and its steps (job.steps.all())."""
+def jobs_fitting(jobs: QuerySet[Job], labels: Sequence[str]) -> QuerySet[Job]:
+    """The jobs whose labels are all among `labels` (a runner with no label takes only
+    jobs that need none), in SQL: jsonb containment on PostgreSQL, JSON1 on SQLite."""
+    if connection.vendor == "postgresql":
+        return jobs.filter(labels__contained_by=list(labels))
+    # No label of the job outside the runner's: the runner's come as one JSON array.
+    outside = (
+        "NOT EXISTS (SELECT 1 FROM json_each(builds_job.labels) "
+        "WHERE value NOT IN (SELECT value FROM json_each(%s)))"
+    )
+    # The SQL is constant; the labels are one bound parameter.
+    return jobs.filter(RawSQL(outside, (json.dumps(list(labels)),), BooleanField()))  # noqa: S611
+
+
+def job_claim(
+    *, worker: str, labels: Sequence[str] = (), runner: Runner | None = None
+) -> Job | None:
+    """Take the oldest queued job whose labels are all in `labels`, and its lease, or
+    None. One transaction claims the job, marks its build running and reads all the
+    worker needs to run it: the job comes with its build and project (job.build) and
+    its steps (job.steps.all()). With a `runner`, the job records it, and nothing is
+    claimed unless its row is active (not paused, draining or revoked): checked in
+    the same query, so an admin's pause holds from the next claim on."""
     with transaction.atomic():
+        queued = Job.objects.filter(status=Status.QUEUED)
+        if runner is not None:
+            queued = queued.filter(
+                Exists(
+                    Runner.objects.filter(
+                        pk=runner.pk, state=Runner.State.ACTIVE, revoked_at__isnull=True
+                    )
+                )
+            )
         job = (
             # of=self: the joined build and project rows stay unlocked, so a submit
             # holding its project's lock does not make this claim skip the job.
-            Job.objects.select_for_update(skip_locked=True, of=("self",))
+            jobs_fitting(queued, labels)
+            .select_for_update(skip_locked=True, of=("self",))
             .select_related("build__project")
             .prefetch_related("steps")
-            .filter(status=Status.QUEUED)
             .order_by("id")
             .first()
         )
@@ -48,6 +88,7 @@ def job_claim(*, worker: str) -> Job | None:
         claimed = Job.objects.filter(pk=job.pk, status=Status.QUEUED).update(
             status=Status.RUNNING,
             worker=worker,
+            runner=runner,
             lease_expires_at=now + _lease(),
             started_at=now,
         )
@@ -57,6 +98,7 @@ def job_claim(*, worker: str) -> Job | None:
             status=Status.RUNNING, started_at=Coalesce("started_at", Value(now))
         )
     job.status, job.worker, job.started_at = Status.RUNNING, worker, now
+    job.runner = runner
     job.lease_expires_at = now + _lease()
     job.build.status = Status.RUNNING
     job.build.started_at = job.build.started_at or now
@@ -81,9 +123,12 @@ def _requeue(job: Job) -> None:
     job.attempt += 1
     job.status = Status.QUEUED
     job.worker = ""
+    job.runner = None
     job.lease_expires_at = None
     job.started_at = None
-    job.save(update_fields=["attempt", "status", "worker", "lease_expires_at", "started_at"])
+    job.save(
+        update_fields=["attempt", "status", "worker", "runner", "lease_expires_at", "started_at"]
+    )
     Step.objects.filter(job=job).update(
         status=Status.QUEUED, exit_code=None, error="", started_at=None, finished_at=None
     )
@@ -127,3 +172,110 @@ def job_release(*, job_id: int, attempt: int) -> None:
         )
         if job is not None:
             _requeue(job)
+
+
+# ---------------------------------------------------------------------------
+# Remote runners (runners/api.py): the same lease, claimed and renewed over HTTP. Every
+# call after a claim names the job and its attempt, as the worker's writes do.
+
+
+class NotHeld(Exception):
+    """The runner does not hold this job (a 404, as for a job that does not exist)."""
+
+
+def runner_claim(*, runner: Runner) -> Job | None:
+    """A job for this runner, or None: when it is paused, draining or revoked, when it
+    runs `capacity` jobs already, or when no queued job's labels are all its own."""
+    if runner.revoked_at is not None or runner.state != Runner.State.ACTIVE:
+        return None
+    if Job.objects.filter(runner=runner, status=Status.RUNNING).count() >= runner.capacity:
+        return None
+    return job_claim(worker=runner.name, labels=runner.labels, runner=runner)
+
+
+def runner_check(*, runner: Runner, job_id: int, attempt: int) -> None:
+    """NotHeld if the job does not exist, or its current attempt is another runner's;
+    LeaseLost if the attempt named is no longer the current running one (the reaper or
+    a release moved the job on: the runner stops it and cleans up)."""
+    job = Job.objects.filter(pk=job_id).values("attempt", "status", "runner_id").first()
+    if job is None or (job["attempt"] == attempt and job["runner_id"] != runner.pk):
+        raise NotHeld(f"job {job_id} not found")
+    if job["attempt"] != attempt or job["status"] != Status.RUNNING:
+        raise LeaseLost(f"job {job_id} attempt {attempt} is no longer yours: it was taken")
+
+
+def runner_lease(*, runner: Runner, job_id: int, attempt: int) -> bool:
+    """Renew the lease; True if the build was asked to cancel."""
+    runner_check(runner=runner, job_id=job_id, attempt=attempt)
+    return job_heartbeat(job_id=job_id, attempt=attempt)
+
+
+def _unstored(
+    step_id: int, attempt: int, first: int, lines: Sequence[str]
+) -> list[tuple[int, int, Sequence[str]]]:
+    """The parts of a batch not stored yet: a batch resent whole, or one overlapping what
+    was stored (a runner that retried with more lines), keeps only its new lines."""
+    last = first + len(lines) - 1
+    stored = (
+        LogChunk.objects.filter(step_id=step_id, attempt=attempt, first_line__lte=last)
+        .annotate(end=F("first_line") + F("line_count") - 1)
+        .filter(end__gte=first)
+        .order_by("first_line")
+        .values_list("first_line", "end")
+    )
+    pieces, at = [], first
+    for start, end in stored:
+        if start > at:
+            pieces.append((step_id, at, lines[at - first : start - first]))
+        at = max(at, end + 1)
+    if at <= last:
+        pieces.append((step_id, at, lines[at - first :]))
+    return pieces
+
+
+def runner_report(
+    *,
+    runner: Runner,
+    job_id: int,
+    attempt: int,
+    steps: Mapping[int, Mapping[str, Any]],
+    chunks: Sequence[tuple[int, int, Sequence[str]]],
+) -> None:
+    """Store step states and log batches (services.job_report), each line once however
+    often a batch is sent. Step ids must be the job's (InvalidRequest)."""
+    runner_check(runner=runner, job_id=job_id, attempt=attempt)
+    own = set(Step.objects.filter(job_id=job_id).values_list("pk", flat=True))
+    if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - own):
+        raise InvalidRequest(f"step {strangers[0]} is not a step of job {job_id}")
+    for retry in (False, True):
+        batches = [
+            piece
+            for step, first, lines in chunks
+            if lines
+            for piece in _unstored(step, attempt, first, lines)
+        ]
+        try:
+            job_report(job_id=job_id, attempt=attempt, steps=steps, chunks=batches)
+        except IntegrityError:
+            # The same batch stored meanwhile by a concurrent resend: trim it again.
+            if retry:
+                raise
+        else:
+            return
+
+
+def runner_finish(*, runner: Runner, job_id: int, attempt: int, status: str, error: str) -> str:
+    """End the job; the build's status. A resent finish of a job this runner already
+    ended answers as the first did."""
+    try:
+        runner_check(runner=runner, job_id=job_id, attempt=attempt)
+    except LeaseLost:
+        ended = (
+            Job.objects.filter(pk=job_id, attempt=attempt, runner=runner, status__in=FINISHED)
+            .values_list("build__status", flat=True)
+            .first()
+        )
+        if ended is None:
+            raise
+        return ended
+    return job_finish(job_id=job_id, attempt=attempt, status=status, error=error)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import platform
 import queue
 import shutil
 import socket
@@ -17,13 +18,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.utils import timezone
 
+import goci
 from builds import access_tokens, services
 from builds.clone_urls import CloneUrlRefused, check_clone_url
 from builds.live import Publisher
@@ -57,6 +61,7 @@ from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
 from runners.lines import StepLog
+from runners.models import Runner
 from runners.owner import owner_alive, owner_label
 from runners.queue import job_claim, job_heartbeat, job_release, jobs_reap
 from runners.reporting import BuildReporter, with_retry
@@ -117,10 +122,21 @@ class Worker:
     one heartbeat - so each keeps one database connection (persistent in a worker
     process: see persistent_connections)."""
 
-    def __init__(self, name: str | None = None, concurrency: int = 1, poll: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        concurrency: int = 1,
+        poll: float = 1.0,
+        labels: Sequence[str] = (),
+    ) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.concurrency = max(1, concurrency)
         self.poll = poll
+        # It takes the jobs whose labels are all among these: with none, only jobs
+        # that need no label.
+        self.labels = tuple(labels)
+        self.runner: Runner | None = None  # its row, from register()
+        self._touched = 0.0  # when the heartbeat last refreshed the row's last_contact
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._running: dict[int, _Running] = {}
@@ -140,8 +156,45 @@ class Worker:
         """A job was queued or canceled in this process (services.queue_changed)."""
         self._wake.set()
 
+    def register(self) -> Runner:
+        """Record this worker as a Runner (kind worker) and mark it online. A worker
+        started again under the same name takes its row back, keeping the state an
+        admin set (paused, draining) and a revocation; a remote runner's name is refused."""
+        now = timezone.now()
+        facts = {
+            "labels": list(self.labels),
+            "capacity": self.concurrency,
+            "version": goci.__version__,
+            "platform": f"{platform.system()}/{platform.machine()}",
+            "last_contact": now,
+        }
+        runner, created = Runner.objects.get_or_create(
+            name=self.name, defaults={"kind": Runner.Kind.WORKER, **facts}
+        )
+        if runner.kind != Runner.Kind.WORKER:
+            raise ValueError(f"the name {self.name!r} is a remote runner's: choose another")
+        if not created:
+            Runner.objects.filter(pk=runner.pk).update(**facts)
+            for key, value in facts.items():
+                setattr(runner, key, value)
+        self.runner = runner
+        self._touched = time.monotonic()
+        return runner
+
+    def _sign_off(self) -> None:
+        """Stopping cleanly: offline at once (no last contact), not after
+        GOCI_RUNNER_OFFLINE_SECONDS as for a worker that died."""
+        if self.runner is not None:
+            with contextlib.suppress(Exception):  # a DB outage: it goes offline by age
+                Runner.objects.filter(pk=self.runner.pk).update(last_contact=None)
+            self.runner = None
+
+    def _claim(self) -> Job | None:
+        return job_claim(worker=self.name, labels=self.labels, runner=self.runner)
+
     def run(self) -> None:
         """Claim and run jobs until stop() (blocks)."""
+        with_retry(self.register, what="registering the worker")
         self.publisher = Publisher()
         listener = _Listener(self._wake, self._stopping) if _on_postgres() else None
         services.queue_changed.connect(self.wake)
@@ -165,7 +218,7 @@ class Worker:
                     with contextlib.suppress(Exception):  # a DB outage: try again next round
                         jobs_reap()
                 while len(self._running) < self.concurrency and not self._stopping.is_set():
-                    job = with_retry(lambda: job_claim(worker=self.name), what="claiming")
+                    job = with_retry(self._claim, what="claiming")
                     if job is None:
                         break
                     self._start(job)
@@ -191,6 +244,7 @@ class Worker:
             connection.close()
 
     def close(self) -> None:
+        self._sign_off()
         if self.publisher is not None:
             self.publisher.close()
             self.publisher = None
@@ -199,9 +253,11 @@ class Worker:
         """Claim one job and run it here; False if the queue was empty (for --once).
         Call close() when done."""
         self.publisher = self.publisher or Publisher()
+        if self.runner is None:
+            self.register()
         clean_leftovers()
         jobs_reap()
-        job = job_claim(worker=self.name)
+        job = self._claim()
         if job is None:
             return False
         running = _Running(job)
@@ -605,6 +661,8 @@ class Worker:
         renew_every = settings.GOCI_LEASE_SECONDS / 3
         try:
             while not self._beat_stop.wait(CHECK_EVERY):
+                if time.monotonic() - self._touched >= renew_every:
+                    self._touch()
                 with self._lock:
                     jobs = [r for r in self._running.values() if r.busy]
                 if not jobs:
@@ -626,6 +684,18 @@ class Worker:
                     if running.job.build_id in canceled:
                         running.cancel()
         finally:
+            connection.close()
+
+    def _touch(self) -> None:
+        """Keep the worker's row online: one UPDATE per third of a lease, busy or idle."""
+        runner = self.runner
+        if runner is None:
+            return
+        try:
+            Runner.objects.filter(pk=runner.pk).update(last_contact=timezone.now())
+            self._touched = time.monotonic()
+        except Exception as exc:  # noqa: BLE001  (DB outage: try again next beat)
+            log.warning("heartbeat of worker %s failed: %s", self.name, exc)
             connection.close()
 
     @staticmethod

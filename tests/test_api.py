@@ -66,6 +66,7 @@ BUILD_KEYS = {
     "source_branch",
     "target_branch",
     "changed_files",
+    "queue_reason",  # why a queued build waits (issue #13)
 }
 JOB_KEYS = {
     "id",
@@ -619,13 +620,14 @@ def test_listing_takes_the_same_few_queries_for_1_or_50_builds(
 ) -> None:
     make_build(project, author=owner)
     # The token (look-up and last use), the count, the page with projects and authors.
-    with django_assert_max_num_queries(4) as one:
+    # +2 when a build of the page is queued: the queue snapshot (runners, queue).
+    with django_assert_max_num_queries(6) as one:
         assert len(api.get("/api/builds").json()["items"]) == 1
     for _ in range(60):
         make_build(project, author=make_user(f"u{Build.objects.count()}"))
-    with django_assert_max_num_queries(4) as fifty:
+    with django_assert_max_num_queries(6) as fifty:
         assert len(api.get("/api/builds").json()["items"]) == 50
-    with django_assert_max_num_queries(5):  # and the project of the filter
+    with django_assert_max_num_queries(7):  # and the project of the filter
         assert len(api.get("/api/builds?project=shop").json()["items"]) == 50
 
     assert len(one) == len(fifty)
@@ -676,9 +678,9 @@ def test_reading_a_build_takes_the_same_queries_for_2_or_40_steps(
         project, pipeline="steps:\n" + "".join(f"  - name: s{n}\n    run: x\n" for n in range(40))
     )
     # The token (look-up and last use), the build with project and author, jobs, steps.
-    with django_assert_max_num_queries(5) as two:
+    with django_assert_max_num_queries(7) as two:
         assert len(api.get(f"/api/builds/{small.pk}").json()["jobs"][0]["steps"]) == 2
-    with django_assert_max_num_queries(5) as forty:
+    with django_assert_max_num_queries(7) as forty:
         assert len(api.get(f"/api/builds/{big.pk}").json()["jobs"][0]["steps"]) == 40
 
     assert len(two) == len(forty)
@@ -1000,6 +1002,8 @@ def test_the_openapi_schema_lists_every_endpoint(db: None) -> None:
         "/api/tokens",
         "/api/tokens/{token_id}",
         "/api/auth/token",
+        "/api/runners/registration-tokens",
+        "/api/runners/registration-tokens/{token_id}",
     }
     assert set(schema["paths"]["/api/builds"]) == {"get", "post"}
     assert set(schema["paths"]["/api/projects/{slug}"]) == {"get", "patch", "delete"}

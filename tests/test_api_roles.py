@@ -40,6 +40,10 @@ MEMBERS = {
 }
 
 
+# A route for the server's admins (superusers), whatever the caller's project roles.
+SERVER_ADMIN = "server admin"
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -207,6 +211,31 @@ ROUTES = [
     Route("get", "/api/tokens", "/api/tokens", None, (200, 200, 200, 200, 200)),
     Route("post", "/api/tokens", "/api/tokens", {"name": "ci"}, (201, 201, 201, 201, 201)),
     Route("delete", "/api/tokens/{token_id}", "/api/tokens/{token}", None, (204,) * 5),
+    # Registration tokens for remote runners: the server's admins' (superusers') alone.
+    Route(
+        "get",
+        "/api/runners/registration-tokens",
+        "/api/runners/registration-tokens",
+        None,
+        (403,) * 5,
+        SERVER_ADMIN,
+    ),
+    Route(
+        "post",
+        "/api/runners/registration-tokens",
+        "/api/runners/registration-tokens",
+        {"reusable": True},
+        (403,) * 5,
+        SERVER_ADMIN,
+    ),
+    Route(
+        "delete",
+        "/api/runners/registration-tokens/{token_id}",
+        "/api/runners/registration-tokens/1",
+        None,
+        (403,) * 5,
+        SERVER_ADMIN,
+    ),
     # No token needed; a user with no password gets no JWT.
     Route(
         "post",
@@ -269,7 +298,9 @@ def test_each_role_gets_what_it_may_do_and_a_refusal_changes_nothing(
     if answer >= 400:
         assert state() == before
         assert response["Content-Type"] == "application/json"
-    if answer == 403:
+    if answer == 403 and route.needs == SERVER_ADMIN:
+        assert "for the server's admins" in response.json()["detail"]
+    elif answer == 403:
         needed = route.needs
         if "/members" in route.path and role in ("viewer", "developer"):
             # Members are managed from maintainer up: that is named first, owner after.

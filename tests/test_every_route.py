@@ -48,6 +48,11 @@ PUBLIC = {
     # own login and callback routes exist only when configured: tests/test_oauth.py.
     "accounts/social/login/cancelled/": 200,
     "accounts/social/login/error/": 401,
+    # Probes (tests/test_health.py) and Prometheus's metrics, which a stranger without
+    # the token or an allowed address cannot tell from an unknown URL (test_metrics.py).
+    "healthz": 200,
+    "readyz": 200,
+    "metrics": 404,
 }
 
 
@@ -177,3 +182,48 @@ def _session_for(user: Any) -> str:
     client = Client()
     client.force_login(user)
     return client.cookies["sessionid"].value
+
+
+# The runner API (/api/runner/v1/, runners/api.py) is for remote runners: every route
+# but `register` needs a runner token, and refuses a user's token (personal or JWT) and
+# no token alike with 401. `register` takes no header: its body's registration token is
+# the credential (tests/test_runner_api.py, tests/test_registration_tokens.py).
+RUNNER_PUBLIC = {("post", "/api/runner/v1/register")}
+
+
+def _runner_routes() -> list[tuple[str, str]]:
+    from runners.api import runner_api
+
+    paths = runner_api.get_openapi_schema()["paths"]
+    return sorted((method, path) for path, methods in paths.items() for method in methods)
+
+
+@pytest.mark.parametrize(("method", "path"), _runner_routes())
+def test_every_runner_route_refuses_users_and_strangers(
+    people: dict[str, Any], method: str, path: str
+) -> None:
+    from builds import access_tokens
+    from runners.models import Runner
+    from tests.helpers import make_token
+
+    url = path.replace("{job_id}", "1").replace("{attempt}", "1")
+    root = people["users"]["root"]
+    callers = {
+        "none": {},
+        "personal token": {"HTTP_AUTHORIZATION": f"Bearer {make_token(root)}"},
+        "jwt": {
+            "HTTP_AUTHORIZATION": "Bearer "
+            + access_tokens.issue(user=root, scopes=["read", "run", "admin"])
+        },
+        "runner-looking": {"HTTP_AUTHORIZATION": "Bearer goci_runner_not-a-real-one"},
+    }
+    for caller, headers in callers.items():
+        response = Client().generic(
+            method.upper(), url, b"{}", content_type="application/json", **headers
+        )
+        if (method, path) in RUNNER_PUBLIC:
+            assert response.status_code == 422, (caller, response.content)  # no token in it
+        else:
+            assert response.status_code == 401, (caller, path, response.content)
+        assert response["Content-Type"] == "application/json"
+    assert not Runner.objects.exists()

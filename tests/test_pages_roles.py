@@ -22,6 +22,7 @@ from builds.models import ApiToken, Build, Membership, Project, Role, Secret, We
 from builds.secrets import secret_set
 from builds.urls import urlpatterns
 from goci.audit.urls import urlpatterns as audit_urlpatterns
+from runners.urls import urlpatterns as runner_urlpatterns
 from tests.helpers import make_project, make_user
 from tests.queue_helpers import submit
 
@@ -107,6 +108,12 @@ CASES = [
     Case("token-revoke", "post", "/account/tokens/999999/revoke", {}, (404,) * 5),
     # The status badge's token (builds/badges.py) is the maintainers' to rotate.
     Case("badge-token-rotate", "post", "/projects/web/badge/rotate", {}, MANAGE),
+    # The runners page (runners/views.py) is the server admins' (superusers'): no project
+    # role reaches it, and it looks like no page at all (admins: tests/test_runners_page.py).
+    Case("runners", "get", "/runners/", {}, (404,) * 5),
+    Case("runners", "post", "/runners/", {"reusable": "on"}, (404,) * 5),
+    Case("runner-action", "post", "/runners/1/pause", {}, (404,) * 5),
+    Case("registration-token-revoke", "post", "/runners/tokens/1/revoke", {}, (404,) * 5),
 ]  # fmt: skip
 
 
@@ -184,7 +191,7 @@ def test_each_page_answers_each_role_as_its_rules_say(
 
 
 def test_the_table_covers_every_page_of_the_dashboard() -> None:
-    patterns = [*urlpatterns, *audit_urlpatterns, *badge_urlpatterns]
+    patterns = [*urlpatterns, *audit_urlpatterns, *badge_urlpatterns, *runner_urlpatterns]
     # The badge itself is public: tests/test_every_route.py's PUBLIC.
     names = {pattern.name for pattern in patterns} - {"login", "logout", "badge"}  # type: ignore[union-attr]
     assert names == {case.name for case in CASES}

@@ -627,7 +627,7 @@ def test_pipeline_key_from_older_woodpecker_gets_a_hint() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["matrix", "services", "secrets", "artifacts", "cache", "runs-on", "jobs", "on", "if"]
+    "key", ["matrix", "services", "secrets", "artifacts", "cache", "jobs", "on", "if"]
 )
 def test_reserved_keys_are_not_supported_yet_at_both_levels(key: str) -> None:
     found = problems(f"{key}: x\nsteps:\n  - run: make\n    {key}: x\n")

@@ -10,6 +10,7 @@ from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandParser
 
 from builds.commit_status import StatusSender
+from builds.pipeline import parse_labels
 from goci import checks
 from runners.worker import Worker, persistent_connections
 
@@ -27,6 +28,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--name", help="this worker's name (default: host-pid)")
         parser.add_argument(
+            "--labels",
+            default="",
+            help="its labels, a,b: it takes the jobs whose `runs_on` labels it all has "
+            "(default none: only jobs that need no label)",
+        )
+        parser.add_argument(
             "--once", action="store_true", help="run at most one queued job, then exit"
         )
 
@@ -34,8 +41,13 @@ class Command(BaseCommand):
         if options["concurrency"] < 1:
             self.stderr.write("--concurrency must be at least 1")
             raise SystemExit(2)
+        try:
+            labels = parse_labels(options["labels"] or "")
+        except ValueError as exc:
+            self.stderr.write(f"--labels: {exc}")
+            raise SystemExit(2) from None
         persistent_connections()
-        worker = Worker(name=options["name"], concurrency=options["concurrency"])
+        worker = Worker(name=options["name"], concurrency=options["concurrency"], labels=labels)
         if options["once"]:
             try:
                 found = worker.run_one_job()
@@ -50,8 +62,9 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        with_labels = f" with labels [{', '.join(labels)}]" if labels else ""
         self.stdout.write(
-            f"worker {worker.name}: running up to {worker.concurrency} job(s) at once"
+            f"worker {worker.name}{with_labels}: running up to {worker.concurrency} job(s) at once"
         )
         # Commit statuses go back to the forges from here, beside the builds but never
         # in their way (builds/commit_status.py). Not with --once: the next worker

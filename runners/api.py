@@ -1,0 +1,536 @@
+"""The runner API under /api/runner/v1/: what a remote runner calls over HTTP(S), with no
+database, Redis or SECRET_KEY of its own (docs/runners.md).
+
+A runner registers with a registration token and gets its own token (`Authorization:
+Bearer goci_runner_…`); a revoked or unregistered runner's token is a 401 at its very
+next call. `next` long-polls for a job (at most 30 s); every call after it names the
+job and the attempt, and runners/queue.py fences it: an attempt that is no longer
+current gets 409 (the runner stops that job and cleans up), another runner's job 404.
+Nothing is masked here (runners mask before sending), but everything is checked:
+sizes (413), types, numbers and text (422), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Annotated, Any, Literal
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError, connection
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.urls import URLPattern, URLResolver
+from ninja import Field, NinjaAPI, P, PathEx, QueryEx, Schema
+from ninja import Status as Reply
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+from pydantic import BeforeValidator, ConfigDict
+
+from builds import access_tokens, services
+from builds import api as user_api
+from builds.models import Job
+from builds.pipeline import PipelineError, load
+from goci.audit import context
+from runners import queue
+from runners import services as runner_services
+from runners.lines import MAX_LINE_BYTES
+from runners.models import Runner
+from runners.reporting import storable
+
+MAX_WAIT = 30  # seconds a `next` may wait for a job
+POLL_SECONDS = 3.0  # how often a waiting `next` looks again (other processes' submits)
+MAX_BODY = 2 * 1024 * 1024  # below DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
+MAX_BATCH_LINES = 10_000
+MAX_ID = 2**63 - 1
+MAX_LINE = user_api.MAX_LINE
+MAX_ERROR = 10_000
+
+
+class RunnerToken(HttpBearer):
+    """A remote runner's own token; nothing else (user tokens and JWTs are 401 here)."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> Runner | None:
+        return runner_services.runner_for_token(token)
+
+
+def _too_big(request: HttpRequest) -> HttpResponse | None:
+    """A 413 for a body over MAX_BODY (its declared size first: refused unread)."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    try:
+        size = declared if declared > MAX_BODY else len(request.body)
+    except RequestDataTooBig:
+        size = MAX_BODY + 1
+    if size <= MAX_BODY:
+        return None
+    return user_api._error(413, f"the request body is over {MAX_BODY} bytes: send smaller batches")
+
+
+def _limit_body(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Before ninja reads the body (`next`, the long poll, is a coroutine)."""
+    if iscoroutinefunction(run):
+
+        @wraps(run)
+        async def limited_async(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            return _too_big(request) or await run(request, *args, **kwargs)
+
+        return limited_async
+
+    @wraps(run)
+    def limited(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        return _too_big(request) or run(request, *args, **kwargs)
+
+    return limited
+
+
+runner_api = NinjaAPI(
+    title="Goci runner API",
+    version="1",
+    description=(
+        "What a remote runner calls (`goci runner`). Register with a registration token "
+        "(made by an admin) to get the runner's token; every other call needs it: "
+        "`Authorization: Bearer goci_runner_…`. Every call after `next` names the job and "
+        "its attempt: 409 means the attempt is no longer current (stop the job, clean "
+        "up); 404 a job this runner does not hold. Errors are JSON with a `detail`."
+    ),
+    auth=RunnerToken(),
+    parser=user_api.JsonObjectParser(),
+    urls_namespace="runner_api",
+    docs=user_api.LocalSwagger(),
+)
+
+
+# "view" mode wraps each operation before its authentication and parsing.
+runner_api.add_decorator(_limit_body, mode="view")
+
+
+def _runner(request: HttpRequest) -> Runner:
+    runner: Runner = request.auth  # type: ignore[attr-defined]  # set by RunnerToken
+    return runner
+
+
+# ---------------------------------------------------------------------------
+# Schemas
+
+
+def _line(value: object) -> object:
+    """A log line as the worker stores it: NUL and lone surrogates as U+FFFD."""
+    return storable(value) if isinstance(value, str) else value
+
+
+Text = user_api.Text
+Line = Annotated[str, BeforeValidator(_line), Field(max_length=MAX_LINE_BYTES)]
+Label = Annotated[str, Field(max_length=50), user_api.Storable]
+StepId = Annotated[int, Field(ge=1, le=MAX_ID)]
+LineNumber = Annotated[int, Field(ge=1, le=MAX_LINE)]
+Ended = Literal["success", "failure", "error", "canceled"]
+StepStatus = Literal["queued", "running", "success", "failure", "error", "canceled", "skipped"]
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class RegisterIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    registration_token: Annotated[str, Field(max_length=200), user_api.Storable]
+    name: Text = Field(max_length=100, description="Unique among runners.")
+    labels: list[Label] = Field(default_factory=list, max_length=runner_services.MAX_LABELS)
+    capacity: int = Field(1, ge=1, le=runner_services.MAX_CAPACITY, description="Jobs at once.")
+    version: Text = Field("", max_length=50)
+    platform: Text = Field("", max_length=100, description="e.g. linux/amd64")
+
+
+class RegisteredOut(Schema):
+    runner_id: int
+    name: str
+    token: str = Field(description="The runner's token: shown this once, never again.")
+
+
+class StepOut(Schema):
+    id: int
+    name: str
+    position: int
+    needs: list[str]
+    image: str
+
+
+class JobOut(Schema):
+    job_id: int
+    attempt: int = Field(description="Name it, with job_id, in every call about this job.")
+    build_id: int
+    build_number: int
+    project: str = Field(description="The project's slug.")
+    pipeline: str = Field(description="The pipeline's YAML snapshot ('' : read at checkout).")
+    pipeline_path: str
+    checkout: bool = Field(description="Clone the repository first (the step 'clone').")
+    repo_url: str
+    ref: str
+    commit: str
+    event: str
+    fork: bool = Field(description="A fork's code: it gets no secrets.")
+    changed_files: list[str] | None
+    labels: list[str]
+    env: dict[str, str] = Field(description="The build's variables and Goci's (GOCI_*).")
+    steps: list[StepOut]
+    job_token: str = Field(description="GOCI_JOB_TOKEN: reads this build while it runs.")
+    lease_seconds: int = Field(description="Renew the lease well within this (a third).")
+
+
+class LeaseOut(Schema):
+    cancel_requested: bool = Field(description="True: stop the job and finish it canceled.")
+    lease_seconds: int
+
+
+class StepStateIn(Schema):
+    """The fields of a step that changed; those left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: StepStatus | None = None
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
+    error: Annotated[str, Field(max_length=MAX_ERROR), user_api.Storable] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    image: Annotated[str, Field(max_length=500), user_api.Storable] | None = None
+
+
+class ReportIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: dict[StepId, StepStateIn] = Field(
+        default_factory=dict, description="Step id -> the fields of its state that changed."
+    )
+    chunks: list[tuple[StepId, LineNumber, list[Line]]] = Field(
+        default_factory=list,
+        description="Log batches: [step id, first line number, [lines]]. Idempotent by "
+        "(step, line number): lines stored already are skipped, so resend freely.",
+    )
+
+
+class FinishIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Ended
+    error: Annotated[str, Field(max_length=MAX_ERROR), user_api.Storable] = ""
+
+
+class FinishedOut(Schema):
+    build_status: str
+
+
+# ---------------------------------------------------------------------------
+# Registration
+
+
+@runner_api.post(
+    "/register",
+    auth=None,
+    response={201: RegisteredOut, 401: ErrorOut, 409: ErrorOut, 422: ErrorOut},
+    tags=["runner"],
+)
+def register(request: HttpRequest, payload: RegisterIn) -> Reply[dict[str, Any]]:
+    """Trade a registration token for this runner's token. A single-use registration
+    token works once. No Authorization header."""
+    with context.acting(context.Origin(via=context.API, request=request, name=payload.name)):
+        runner, secret = runner_services.runner_register(
+            registration_token=payload.registration_token,
+            name=payload.name,
+            labels=payload.labels,
+            capacity=payload.capacity,
+            version=payload.version,
+            platform=payload.platform,
+        )
+    return Reply(201, {"runner_id": runner.pk, "name": runner.name, "token": secret})
+
+
+@runner_api.post("/unregister", response={204: None, 401: ErrorOut}, tags=["runner"])
+def unregister(request: HttpRequest) -> Reply[None]:
+    """Remove this runner; its running jobs go back to the queue. Its token stops
+    working."""
+    runner = _runner(request)
+    with context.acting(context.Origin(via=context.API, request=request, name=runner.name)):
+        runner_services.runner_unregister(runner=runner)
+    return Reply(204, None)
+
+
+# ---------------------------------------------------------------------------
+# The long poll. It holds no thread and no database connection while it waits: each
+# look runs on the request's thread and closes its connection (outside a test's
+# transaction), then the coroutine sleeps until a submit in this process wakes it
+# (services.queue_changed) or POLL_SECONDS pass (a submit in another process).
+
+_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+_waiters_lock = threading.Lock()
+
+
+def _wake(**_: object) -> None:
+    with _waiters_lock:
+        waiting = list(_waiters)
+    for loop, event in waiting:
+        loop.call_soon_threadsafe(event.set)
+
+
+services.queue_changed.connect(_wake, weak=False, dispatch_uid="runner-api-wake")
+
+
+def _look(runner_id: int) -> tuple[str, dict[str, Any] | None]:
+    """("job", its payload), ("idle", None) to wait more, or ("stop", None)."""
+    try:
+        runner = Runner.objects.filter(pk=runner_id, revoked_at__isnull=True).first()
+        if runner is None or runner.state != Runner.State.ACTIVE:
+            return "stop", None
+        job = queue.runner_claim(runner=runner)
+        return ("job", _job_payload(job)) if job is not None else ("idle", None)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+def _job_payload(job: Job) -> dict[str, Any]:
+    from runners.worker import JOB_TOKEN_LIFETIME, JOB_TOKEN_SLACK, server_env  # noqa: PLC0415
+
+    build = job.build
+    timeout = None
+    if build.pipeline:
+        try:
+            timeout = load(build.pipeline, build.project.pipeline_path).timeout
+        except PipelineError:
+            timeout = None  # the runner says so when it loads it
+    lifetime = (timeout or JOB_TOKEN_LIFETIME) + JOB_TOKEN_SLACK
+    return {
+        "job_id": job.pk,
+        "attempt": job.attempt,
+        "build_id": build.pk,
+        "build_number": build.number,
+        "project": build.project.slug,
+        "pipeline": build.pipeline,
+        "pipeline_path": build.project.pipeline_path,
+        "checkout": build.checkout,
+        "repo_url": build.project.repo_url,
+        "ref": build.ref,
+        "commit": build.commit,
+        "event": server_env(build)["GOCI_EVENT"],
+        "fork": build.fork,
+        "changed_files": build.changed_files,
+        "labels": list(job.labels),
+        "env": {**build.env, **server_env(build)},
+        "steps": [
+            {
+                "id": step.pk,
+                "name": step.name,
+                "position": step.position,
+                "needs": step.needs,
+                "image": step.image,
+            }
+            for step in sorted(job.steps.all(), key=lambda step: step.position)
+        ],
+        "job_token": access_tokens.issue_for_job(job, lifetime=lifetime),
+        "lease_seconds": _lease_seconds(),
+    }
+
+
+def _lease_seconds() -> int:
+    return int(settings.GOCI_LEASE_SECONDS)
+
+
+@runner_api.post(
+    "/next",
+    response={200: JobOut, 204: None, 401: ErrorOut, 422: ErrorOut},
+    tags=["jobs"],
+)
+async def next_job(
+    request: HttpRequest,
+    wait: QueryEx[int, P(ge=0, le=MAX_WAIT, description="Seconds to wait for a job.")] = MAX_WAIT,
+) -> Reply[dict[str, Any] | None]:
+    """Claim a job whose labels are all among this runner's, waiting up to `wait`
+    seconds for one (204: none came). A paused or draining runner, or one running
+    `capacity` jobs, gets none."""
+    runner_id = _runner(request).pk
+    deadline = time.monotonic() + wait
+    event = asyncio.Event()
+    waiter = (asyncio.get_running_loop(), event)
+    with _waiters_lock:
+        _waiters.add(waiter)
+    try:
+        while True:
+            event.clear()
+            outcome, payload = await sync_to_async(_look)(runner_id)
+            if outcome == "job":
+                return Reply(200, payload)
+            remaining = deadline - time.monotonic()
+            if outcome == "stop" or remaining <= 0:
+                return Reply(204, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(POLL_SECONDS, remaining))
+    finally:
+        with _waiters_lock:
+            _waiters.discard(waiter)
+
+
+# ---------------------------------------------------------------------------
+# Calls about one attempt of a job the runner holds.
+
+JOB_ID = P(ge=1, le=MAX_ID, description="The job's id, from `next`.")
+ATTEMPT = P(ge=1, le=MAX_LINE, description="The attempt, from `next`.")
+JobPath = PathEx[int, JOB_ID]
+AttemptPath = PathEx[int, ATTEMPT]
+FENCED: dict[int, Any] = {401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+
+
+@runner_api.post(
+    "/jobs/{job_id}/{attempt}/lease", response={200: LeaseOut, **FENCED}, tags=["jobs"]
+)
+def lease(request: HttpRequest, job_id: JobPath, attempt: AttemptPath) -> dict[str, Any]:
+    """Renew the job's lease (do it every third of `lease_seconds`). Says whether the
+    build was asked to cancel."""
+    canceled = queue.runner_lease(runner=_runner(request), job_id=job_id, attempt=attempt)
+    return {"cancel_requested": canceled, "lease_seconds": _lease_seconds()}
+
+
+@runner_api.post("/jobs/{job_id}/{attempt}/report", response={200: None, **FENCED}, tags=["jobs"])
+def report(
+    request: HttpRequest, job_id: JobPath, attempt: AttemptPath, payload: ReportIn
+) -> Reply[None]:
+    """Steps started or ended, and log batches, in one write (which renews the lease).
+    At most 10,000 lines and 2 MiB a call."""
+    lines = sum(len(chunk[2]) for chunk in payload.chunks)
+    if lines > MAX_BATCH_LINES:
+        raise HttpError(413, f"{lines} lines in one report; send at most {MAX_BATCH_LINES}")
+    for _, first, chunk in payload.chunks:
+        if first + len(chunk) - 1 > MAX_LINE:
+            raise services.InvalidRequest(f"line numbers go up to {MAX_LINE}")
+    queue.runner_report(
+        runner=_runner(request),
+        job_id=job_id,
+        attempt=attempt,
+        steps={step: state.model_dump(exclude_unset=True) for step, state in payload.steps.items()},
+        chunks=payload.chunks,
+    )
+    return Reply(200, None)
+
+
+@runner_api.post(
+    "/jobs/{job_id}/{attempt}/finish", response={200: FinishedOut, **FENCED}, tags=["jobs"]
+)
+def finish(
+    request: HttpRequest, job_id: JobPath, attempt: AttemptPath, payload: FinishIn
+) -> dict[str, Any]:
+    """End the job (after its last report) with its status; the build's status is
+    settled and returned. Sending it again answers the same."""
+    status = queue.runner_finish(
+        runner=_runner(request),
+        job_id=job_id,
+        attempt=attempt,
+        status=payload.status,
+        error=payload.error,
+    )
+    return {"build_status": status}
+
+
+# ---------------------------------------------------------------------------
+# Errors: every one is JSON with a `detail`.
+
+_error = user_api._error
+
+
+@runner_api.exception_handler(AuthenticationError)
+def _unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    response = _error(
+        401,
+        "a valid runner token is needed ('Authorization: Bearer goci_runner_…'); this "
+        "runner may have been revoked or unregistered: register it again",
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="goci-runner"'
+    return response
+
+
+@runner_api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return user_api._http_error(request, exc)
+
+
+@runner_api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    return user_api._invalid_request(request, exc)
+
+
+@runner_api.exception_handler(services.InvalidRequest)
+def _invalid_value(request: HttpRequest, exc: services.InvalidRequest) -> HttpResponse:
+    return _error(422, str(exc), [{"message": str(exc)}])
+
+
+@runner_api.exception_handler(runner_services.RegistrationRefused)
+def _refused(request: HttpRequest, exc: runner_services.RegistrationRefused) -> HttpResponse:
+    return _error(401, str(exc))
+
+
+@runner_api.exception_handler(services.Conflict)
+def _conflict(request: HttpRequest, exc: services.Conflict) -> HttpResponse:
+    return _error(409, str(exc))
+
+
+@runner_api.exception_handler(services.LeaseLost)
+def _taken(request: HttpRequest, exc: services.LeaseLost) -> HttpResponse:
+    return _error(
+        409,
+        f"the job was taken: {exc} (its lease expired or it was handed back); stop it and clean up",
+    )
+
+
+@runner_api.exception_handler(queue.NotHeld)
+def _not_held(request: HttpRequest, exc: queue.NotHeld) -> HttpResponse:
+    return _error(404, str(exc))
+
+
+@runner_api.exception_handler(OperationalError)
+@runner_api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return user_api._database_unavailable(request, exc)
+
+
+@runner_api.exception_handler(Exception)
+def _internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return user_api._internal_error(request, exc)
+
+
+def _json_405(view: Callable[..., Any]) -> Callable[..., Any]:
+    """user_api._json_405, also for the coroutine view of `next`."""
+    if not iscoroutinefunction(view):
+        return user_api._json_405(view)
+
+    @wraps(view)  # keeps ninja's csrf_exempt: tokens, not cookies, authenticate here
+    async def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        response = await view(request, *args, **kwargs)
+        if isinstance(response, HttpResponseNotAllowed):
+            allowed = response["Allow"]
+            response = _error(405, f"{request.method} is not allowed here; use {allowed}")
+            response["Allow"] = allowed
+        return response
+
+    return answer
+
+
+def urls() -> tuple[list[URLPattern | URLResolver], str, str]:
+    """The runner API's URLs, its 405s in JSON like the user API's."""
+    patterns, app_name, namespace = runner_api.urls
+    return (
+        [
+            URLPattern(p.pattern, _json_405(p.callback), p.default_args, p.name)
+            if isinstance(p, URLPattern)
+            else p
+            for p in patterns
+        ],
+        app_name,
+        namespace,
+    )
