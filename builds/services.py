@@ -581,12 +581,15 @@ def _supersede(build: Build) -> None:
 def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pipeline:
     """The pipeline read from the repository at the build's commit: validated
     (PipelineError: nothing changes), kept as the build's snapshot, its steps created
-    after "clone". Fenced: only the worker that owns this attempt plans it."""
+    after "clone", its `runs_on` as the job's labels. Fenced: only the worker that owns
+    this attempt plans it."""
     parsed = load(pipeline, filename)
     _check_checkout_name(parsed)
     with fenced(job_id, attempt):
         job = Job.objects.select_related("build").get(pk=job_id)
         Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
+        # Known only now: a worker without these labels hands the job back (worker.py).
+        Job.objects.filter(pk=job_id).update(labels=list(parsed.runs_on))
         job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
         _create_steps(job, parsed, after_clone=True)
     return parsed

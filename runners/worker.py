@@ -470,6 +470,7 @@ class Worker:
         self._publish_running(job)
         reporter.step_started(clone, 1)
         error: str | None = None
+        handed_back: list[str] = []
         try:
             if problem:
                 raise CheckoutError(problem)
@@ -490,6 +491,8 @@ class Worker:
                 if pipeline is None:
                     pipeline = self._plan(job, checkout, build.project.pipeline_path)
                     steps = dict(Step.objects.filter(job_id=job.pk).values_list("name", "pk"))
+                    if missing := sorted(set(pipeline.runs_on) - set(self.labels)):
+                        raise _HandBack(missing)
                 if build.pr_number is not None and (build.base_commit or build.target_branch):
                     files = checkout.changed_files(build.base_commit, build.target_branch)
                     with_retry(
@@ -517,12 +520,25 @@ class Worker:
             pass
         except services.LeaseLost:
             reporter.lost = True
+        except _HandBack as back:
+            handed_back = back.missing
         finally:
             running.checkout = None
         if error is not None:
             step_log.write(f"{error}\n".encode())
+        if handed_back:
+            # The pipeline's runs_on, read only now, needs labels this worker lacks: the
+            # job goes back to the queue with them, for a runner that has them all.
+            step_log.write(
+                f"[goci] runs_on needs [{', '.join(handed_back)}], which this worker "
+                f"({self.name}) does not have: back to the queue for a runner that has\n".encode()
+            )
         step_log.end_attempt()
         if reporter.lost:
+            return None
+        if handed_back:
+            reporter.flush()
+            with_retry(lambda: job_release(job_id=job.pk, attempt=job.attempt), what="releasing")
             return None
         if error is None and not cancel.is_set():
             assert pipeline is not None
@@ -794,6 +810,14 @@ def empty_workspace(workspace: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+class _HandBack(Exception):
+    """The pipeline read from the repository runs on labels this worker lacks."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(", ".join(missing))
+        self.missing = missing
 
 
 def _branch(build: Build) -> str | None:

@@ -690,3 +690,37 @@ def test_the_git_servers_post_receive_hook_runs_on_every_push(tmp_path: Path) ->
 
     lines = seen.read_text().splitlines()
     assert lines == [f"{'0' * 40} {first} refs/heads/main", f"{first} {second} refs/heads/main"]
+
+
+def test_a_pipeline_read_from_the_commit_goes_to_a_worker_with_its_runs_on_labels(
+    server: GitServer,
+) -> None:
+    """runs_on is known only once the pipeline is read from the commit: a worker
+    without those labels hands the job back, with them, and one that has them runs it."""
+    repo = server.repo("shop")
+    sha = repo.commit({".goci.yml": "runs_on: [gpu]\n" + SHOW, "a.txt": "on a gpu\n"})
+    build = push_build(project_for(server.url(repo)), sha)
+
+    plain = Worker(name="plain")
+    try:
+        assert plain.run_one_job() is True
+    finally:
+        plain.close()
+
+    job = build.jobs.get()
+    assert (job.status, job.attempt, job.labels) == (Status.QUEUED, 2, ["gpu"])
+    assert "does not have: back to the queue" in stored_log(build)
+    plain = Worker(name="plain")
+    try:
+        assert plain.run_one_job() is False  # not for it any more
+    finally:
+        plain.close()
+    gpu = Worker(name="gpu", labels=["gpu"])
+    try:
+        assert gpu.run_one_job() is True
+    finally:
+        gpu.close()
+    build.refresh_from_db()
+    assert build.status == Status.SUCCESS
+    assert lines_of(build, "show")[0] == "on a gpu"
+    assert build.jobs.get().runner.name == "gpu"  # type: ignore[union-attr]
