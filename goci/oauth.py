@@ -187,6 +187,13 @@ class ForgeAdapter(DefaultSocialAccountAdapter):  # type: ignore[misc]
             raise ImmediateHttpResponse(problem(request, forge, reason, 400))
         user = sociallogin.user
         if not sociallogin.is_existing:
+            if not settings.GOCI_OAUTH_SIGNUP:
+                reason = (
+                    f"This Goci server signs in with {forge} only the people it already "
+                    "knows: ask an administrator to make your account, with the address "
+                    f"your {forge} account has verified."
+                )
+                raise ImmediateHttpResponse(problem(request, forge, reason, 403))
             self._keep_one_address(sociallogin)
             return
         if not user.is_active:

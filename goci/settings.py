@@ -356,6 +356,9 @@ LOGOUT_REDIRECT_URL = "builds:login"
 # allauth's GitHub and Gitea adapters read their URL when first imported: fine, since
 # these are read once at start-up.
 GOCI_PASSWORD_SIGNIN = env_switch("GOCI_PASSWORD_SIGNIN", True)
+# Off: a forge signs in only users Goci already has (linked, or by a verified address);
+# on a public forge (github.com) anyone with an account could otherwise join.
+GOCI_OAUTH_SIGNUP = env_switch("GOCI_OAUTH_SIGNUP", True)
 _FORGE_URLS = {  # allauth's name for each forge's address, and its default
     "github": ("GITHUB_URL", ""),  # unset: github.com (its API is api.github.com)
     "gitlab": ("GITLAB_URL", "https://gitlab.com"),

@@ -630,6 +630,42 @@ def no_passwords(
         yield up
 
 
+@pytest.fixture(scope="module")
+def no_signup(
+    forges: dict[str, FakeForge], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ForgeUp]:
+    env = {**forges["github"].env(), "GOCI_OAUTH_SIGNUP": "off"}
+    with goci_with(tmp_path_factory.mktemp("oauth-no-signup") / "data", **env) as up:
+        up.db(
+            "User.objects.create_user('carol', email='carol@example.com', password='c-pass-123')\n"
+            "out = True"
+        )
+        yield up
+
+
+def test_with_sign_up_off_a_stranger_is_refused_and_a_known_user_signs_in(
+    no_signup: ForgeUp, github: FakeForge
+) -> None:
+    """GOCI_OAUTH_SIGNUP=off: on a public forge, an account holder Goci does not know
+    gets no account; a user it has signs in through a verified address."""
+    github.account = Account(
+        id=301,
+        login="stranger",
+        emails=[Email("stranger@example.com", verified=True, primary=True)],
+    )
+    refused = sign_in_with(no_signup, "github")
+    assert refused.status_code == 403
+    assert_goci_page(refused)
+    assert "only the people it already knows" in refused.text
+    assert signed_in_as(refused) is None
+    github.account = Account(
+        id=302, login="carol-gh", emails=[Email("carol@example.com", verified=True, primary=True)]
+    )
+    assert signed_in_as(sign_in_with(no_signup, "github")) == "carol"
+    users = no_signup.db("out = sorted(User.objects.values_list('username', flat=True))")
+    assert users == ["admin", "carol"]  # goci up made the admin; no stranger
+
+
 def test_with_passwords_off_the_page_has_only_the_forge_buttons(no_passwords: ForgeUp) -> None:
     page = requests.get(f"{no_passwords.url}/login/", timeout=TIMEOUT)
     assert page.status_code == 200
