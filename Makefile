@@ -46,6 +46,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_clone.py
 	$(PY) bench/bench_webhook.py
 	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_oauth.py
 
 fmt: $(VENV)/.dev-installed

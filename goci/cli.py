@@ -607,6 +607,75 @@ def cmd_runner_token_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _runner_config(args: argparse.Namespace) -> Path:
+    return (
+        Path(args.config).expanduser() if args.config else Path.home() / ".config/goci/runner.toml"
+    )
+
+
+def cmd_runner_register(args: argparse.Namespace) -> int:
+    import socket  # noqa: PLC0415
+
+    from goci import runner  # noqa: PLC0415  (http.client, tomllib: only for runners)
+
+    path = _runner_config(args)
+    labels = [label for label in args.labels.split(",") if label]
+    try:
+        config = runner.register(
+            server=args.server,
+            registration_token=args.token,
+            name=args.name or socket.gethostname(),
+            labels=labels,
+            capacity=args.capacity,
+        )
+        runner.write_config(path, config)
+    except runner.RunnerError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"goci: registered runner {config.name!r} with {config.server}; its token is in "
+        f"{path} (mode 0600): start it with `goci runner run --config {path}`",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_runner_run(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
+    from goci import runner  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="goci runner: %(message)s")
+    path = _runner_config(args)
+    try:
+        worker = runner.Runner(runner.read_config(path), path, grace=args.grace)
+    except runner.RunnerError as exc:
+        raise UsageError(str(exc)) from None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    code = worker.run(once=args.once)
+    if worker.fatal:
+        print(f"goci: the server refused this runner: {worker.fatal}", file=sys.stderr)
+    return code
+
+
+def cmd_runner_unregister(args: argparse.Namespace) -> int:
+    from goci import runner  # noqa: PLC0415
+
+    path = _runner_config(args)
+    try:
+        config = runner.read_config(path)
+        runner.unregister(config)
+    except runner.RunnerError as exc:
+        raise UsageError(str(exc)) from None
+    path.unlink()
+    print(f"goci: runner {config.name!r} unregistered; {path} removed", file=sys.stderr)
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def server_database() -> Iterator[None]:
     """Django set up for a command on the server's data, and a database that cannot be
@@ -1108,6 +1177,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runner_token_revoke.add_argument("id", metavar="ID", type=int, help="the token's id")
     runner_token_revoke.set_defaults(handler=cmd_runner_token_revoke)
+    config_help = "the runner's config file (default ~/.config/goci/runner.toml)"
+    runner_register = runner_sub.add_parser(
+        "register",
+        help="register this machine as a runner of a server",
+        description="Trade a registration token (from the server's admin) for this "
+        "runner's own token, written with the server's URL to the config file, readable "
+        "by its owner only. The runner needs nothing else: no database, Redis or SECRET_KEY.",
+    )
+    runner_register.add_argument("--server", required=True, help="the server's URL")
+    runner_register.add_argument(
+        "--token", required=True, type=text_arg, help="the registration token (goci_reg_…)"
+    )
+    runner_register.add_argument(
+        "--name", type=text_arg, help="this runner's name (default: the host name)"
+    )
+    runner_register.add_argument(
+        "--labels", type=labels_arg, default="", metavar="A,B", help="its labels (runs_on)"
+    )
+    runner_register.add_argument(
+        "--capacity", type=positive_int, default=1, metavar="N", help="jobs at once (default 1)"
+    )
+    runner_register.add_argument("--config", metavar="PATH", help=config_help)
+    runner_register.set_defaults(handler=cmd_runner_register)
+    runner_run = runner_sub.add_parser(
+        "run",
+        help="take jobs from the server and run them",
+        description="Long-poll the server for jobs and run up to `capacity` at once. "
+        "Steps without image run on this machine only with GOCI_HOST_STEPS=allow (or "
+        'host_steps = "allow" in the config). SIGTERM: take no more jobs, let running '
+        "ones finish within --grace, then stop them (the server hands them on).",
+    )
+    runner_run.add_argument("--once", action="store_true", help="run one job, then exit")
+    runner_run.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running jobs may take to finish (default 60)",
+    )
+    runner_run.add_argument("--config", metavar="PATH", help=config_help)
+    runner_run.set_defaults(handler=cmd_runner_run)
+    runner_unregister = runner_sub.add_parser(
+        "unregister", help="remove this runner from the server and delete its config"
+    )
+    runner_unregister.add_argument("--config", metavar="PATH", help=config_help)
+    runner_unregister.set_defaults(handler=cmd_runner_unregister)
 
     secret = commands.add_parser(
         "secret",

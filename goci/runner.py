@@ -1,0 +1,817 @@
+"""`goci runner`: a remote runner. It reaches the server over HTTP(S) only, through the
+runner API (/api/runner/v1/, docs/runners.md), with its own token as its one
+credential: no Django, database, Redis or SECRET_KEY here
+(tests/test_core_is_django_free.py).
+
+It runs each job with the same engine and executors as `goci worker`: a reporter
+batches step states and log lines into `report` calls (masked first: the server masks
+nothing), a heartbeat thread renews every job's lease and looks for a cancel, and a
+409 (the attempt was taken from it) stops the job and cleans up. Up to `capacity`
+jobs run at once, one thread each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import json
+import logging
+import os
+import platform
+import queue
+import random
+import shutil
+import socket
+import stat
+import threading
+import time
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import goci
+from builds.pipeline import Pipeline, PipelineError, load
+from builds.pipeline import Step as PipelineStep
+from runners.engine import BuildResult, Engine, Executor, StepResult
+from runners.engine import Status as Outcome
+from runners.executors import NO_HOST_STEPS, ByImage
+from runners.executors.local import LocalExecutor
+from runners.lines import DEFAULT_LOG_CAP, Masker
+from runners.owner import owner_alive, owner_label
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("~/.config/goci/runner.toml")
+API = "/api/runner/v1"
+POLL_WAIT = 30  # seconds a `next` waits on the server (its most)
+HTTP_TIMEOUT = 60.0  # a call's socket timeout: above POLL_WAIT, below forever
+# Batches, as the worker's LogSink: at the latest FLUSH_SECONDS after the oldest news,
+# or as soon as FLUSH_LINES lines or FLUSH_BYTES characters wait. The server takes at
+# most 10,000 lines and 2 MiB a call: a body over MAX_BODY is split in two.
+FLUSH_LINES = 2000
+FLUSH_BYTES = 256 * 1024
+FLUSH_SECONDS = 0.1
+MAX_BODY = 2 * 1024 * 1024
+MAX_LINES = 10_000
+# Cancel must reach a running step within ~2 s: the lease call says so, this often at least.
+CHECK_EVERY = 2.0
+BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0
+CHECKOUT_STEP = "clone"  # builds.services.CHECKOUT_STEP (a Django module)
+CHECKOUT_UNSUPPORTED = "this runner cannot check out yet; run it on a worker"
+OWNER_FILE = ".goci-owner"
+HOME_SUFFIX = ".home"
+# As runners/worker.py: host steps start from this environment, nothing of the runner's.
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class RunnerError(Exception):
+    """Something the operator must fix (a bad config, a refused registration): exit 2."""
+
+
+class ApiError(Exception):
+    """The server answered a 4xx (other than a retried one)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Stopped(Exception):
+    """A retried call gave up because the runner or the job is stopping."""
+
+
+# ---------------------------------------------------------------------------
+# The config file
+
+
+@dataclass
+class Config:
+    server: str
+    token: str
+    name: str = ""
+    capacity: int = 1
+    host_steps: str = "deny"  # "allow": steps without image run in this machine's shell
+    default_image: str = ""  # else, steps without image run in this image
+    workspace_root: str = ""  # default: a directory beside the config file
+
+    def workspaces(self, config_path: Path) -> Path:
+        return Path(self.workspace_root or config_path.parent / "workspaces").expanduser()
+
+
+def _toml_string(value: str) -> str:
+    # JSON's escapes (\" \\ \n \uXXXX) are TOML basic-string escapes too.
+    return json.dumps(value, ensure_ascii=True)
+
+
+def write_config(path: Path, config: Config) -> None:
+    """Write the config readable by its owner only (0600), refusing a directory that
+    others may write to (they could swap the file)."""
+    path = path.expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.parent.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise RunnerError(f"{path.parent} is writable by everyone: choose another --config")
+    lines = [
+        f"{key} = {value if isinstance(value, int) else _toml_string(value)}"
+        for key, value in dataclasses.asdict(config).items()
+    ]
+    text = "# goci runner: its token is its only credential; keep this file private\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # a file that existed keeps its mode through os.open
+        out.write(text + "\n".join(lines) + "\n")
+
+
+def read_config(path: Path) -> Config:
+    path = path.expanduser()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise RunnerError(f"no runner config at {path}: run `goci runner register` first") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RunnerError(f"cannot read {path}: {exc}") from None
+    known = {f.name for f in dataclasses.fields(Config)}
+    try:
+        config = Config(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise RunnerError(f"{path}: {exc}") from None
+    config.host_steps = os.environ.get("GOCI_HOST_STEPS", config.host_steps).strip().lower()
+    config.default_image = os.environ.get("GOCI_DEFAULT_IMAGE", config.default_image)
+    config.workspace_root = os.environ.get("GOCI_WORKSPACE_ROOT", config.workspace_root)
+    if config.host_steps not in ("allow", "deny"):
+        raise RunnerError(f"host_steps must be 'allow' or 'deny', not {config.host_steps!r}")
+    return config
+
+
+# ---------------------------------------------------------------------------
+# HTTP
+
+
+def backoff(attempt: int) -> float:
+    """0.5 s, 1 s, 2 s ... up to 30 s, with jitter so that runners cut off together do
+    not all come back in the same instant."""
+    delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MOST)
+    return float(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter, not a secret)
+
+
+class Client:
+    """The runner API over keep-alive connections, one per thread (http.client is not
+    thread-safe). `call` retries a lost connection and a 5xx with backoff until
+    `stop` is set; the calls it retries are idempotent on the server."""
+
+    def __init__(self, server: str, token: str = "") -> None:
+        url = urllib.parse.urlsplit(server.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise RunnerError(f"{server!r} is not a server URL such as https://ci.example.com")
+        self.scheme, self.host, self.port = url.scheme, url.hostname, url.port
+        self.base = url.path + API
+        self.token = token
+        self._local = threading.local()
+        self._open: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = (
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            conn = kind(self.host, self.port, timeout=HTTP_TIMEOUT)
+            self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+            with self._lock:
+                self._open.discard(conn)
+
+    def abort(self) -> None:
+        """Break every call in flight (a long poll, at shutdown)."""
+        with self._lock:
+            conns = list(self._open)
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def once(self, path: str, body: object = None) -> tuple[int, Any]:
+        """One POST: (status, JSON answer or None). OSError and HTTPException on a lost
+        connection."""
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"goci-runner/{goci.__version__}",
+        }
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection()
+        try:
+            conn.request("POST", self.base + path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException):
+            self._drop()
+            raise
+        if response.will_close:
+            self._drop()
+        try:
+            answer = json.loads(raw) if raw else None
+        except ValueError:
+            answer = {"detail": raw[:200].decode(errors="replace")}
+        return response.status, answer
+
+    def call(
+        self, path: str, body: object = None, *, stop: threading.Event | None = None
+    ) -> tuple[int, Any]:
+        """A POST retried through lost connections and 5xx/429 answers; a 4xx raises
+        ApiError; Stopped if `stop` is set while it waits to retry."""
+        attempt = 0
+        while True:
+            try:
+                status, answer = self.once(path, body)
+            except (OSError, http.client.HTTPException) as exc:
+                status, answer = 0, {"detail": f"{type(exc).__name__}: {exc}"}
+            if 200 <= status < 300:
+                return status, answer
+            detail = str((answer or {}).get("detail", "")) if isinstance(answer, dict) else ""
+            if 400 <= status < 500 and status != 429:
+                raise ApiError(status, detail)
+            if stop is not None and stop.is_set():
+                raise Stopped(detail)
+            delay = backoff(attempt)
+            attempt += 1
+            log.warning("server unreachable (%s); retrying in %.1f s", detail or status, delay)
+            if stop is not None:
+                if stop.wait(delay):
+                    raise Stopped(detail)
+            else:
+                time.sleep(delay)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            conn.close()
+
+
+# ---------------------------------------------------------------------------
+# register / unregister
+
+
+def register(
+    *, server: str, registration_token: str, name: str, labels: Sequence[str], capacity: int
+) -> Config:
+    client = Client(server)
+    body = {
+        "registration_token": registration_token,
+        "name": name,
+        "labels": list(labels),
+        "capacity": capacity,
+        "version": goci.__version__,
+        "platform": f"{platform.system().lower()}/{platform.machine()}",
+    }
+    try:
+        _, answer = client.call("/register", body, stop=threading.Event())
+    except ApiError as exc:
+        raise RunnerError(f"the server refused the registration: {exc.detail}") from None
+    except Stopped:
+        raise RunnerError(f"cannot reach {server}") from None
+    finally:
+        client.close()
+    return Config(server=server, token=answer["token"], name=answer["name"], capacity=capacity)
+
+
+def unregister(config: Config) -> None:
+    client = Client(config.server, config.token)
+    try:
+        client.call("/unregister", stop=threading.Event())
+    except ApiError as exc:
+        if exc.status != 401:  # already gone (revoked or unregistered): forget it anyway
+            raise RunnerError(f"the server refused: {exc.detail}") from None
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
+# The reporter: engine events -> batched `report` calls
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class HttpReporter:
+    """The engine's reporter in a remote runner: LogSink's batching, sent over HTTP.
+    Only the engine's thread calls it. After a 409/404/401 it sends nothing more and
+    calls `on_lost` (which cancels the engine)."""
+
+    def __init__(
+        self,
+        job: Job,
+        secrets: Sequence[str],
+        on_lost: Callable[[], None],
+        on_finished: Callable[[BuildResult], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.mask = Masker(secrets)
+        self.on_lost = on_lost
+        self.on_finished = on_finished
+        self.lost = False
+        self.started: dict[str, str] = {}  # step -> started_at
+        self.ended: set[str] = set()  # steps whose end was reported (sent or not yet)
+        self.changed: dict[str, dict[str, Any]] = {}  # step -> fields not sent yet
+        self.pending: dict[str, tuple[int, list[str]]] = {}  # step -> (first line, lines)
+        self.lines = self.size = 0
+        self.since: float | None = None
+        # One batch in flight on the sender's thread while the next gathers here: a
+        # step that prints faster than the server stores gets bigger batches (up to
+        # MAX_LINES), not more calls; one more waiting batch at most (back-pressure).
+        self._outbox: queue.Queue[tuple[dict[str, Any], list[list[Any]]] | None]
+        self._outbox = queue.Queue(maxsize=1)
+        self._busy = threading.Event()
+        self._sender = threading.Thread(target=self._sending, name="goci-report", daemon=True)
+        self._sender.start()
+
+    # -- the engine's Reporter protocol --
+
+    def step_started(self, step: PipelineStep, attempt: int) -> None:
+        self.started[step.name] = _now()
+        self._state(
+            step.name,
+            status="running",
+            started_at=self.started[step.name],
+            finished_at=None,
+            exit_code=None,
+            error="",
+            image=step.image or "",
+        )
+
+    def step_log(
+        self, step: PipelineStep, first_line: int, lines: Sequence[str], at: float
+    ) -> None:
+        if not self.lost:
+            self._pend(step.name, *self.mask.lines(step.name, first_line, lines))
+
+    def step_finished(self, step: PipelineStep, result: StepResult) -> None:
+        self._release(step.name)
+        self.ended.add(step.name)
+        started = self.started.get(step.name)
+        self._state(
+            step.name,
+            status=str(result.status),
+            exit_code=result.exit_code,
+            error=self.mask.text(result.error or ""),
+            finished_at=_now() if started else None,
+            image=step.image or "",
+        )
+
+    def idle(self) -> None:
+        due = self.since is not None and time.monotonic() - self.since >= FLUSH_SECONDS
+        if due and not self._busy.is_set():
+            self._hand_off()
+
+    def build_finished(self, result: BuildResult) -> None:
+        self.flush()
+        self.close()
+        if self.on_finished is not None and not self.lost:
+            self.on_finished(result)
+
+    # -- batching --
+
+    def _state(self, step: str, **fields: Any) -> None:
+        self.changed.setdefault(step, {}).update(fields)
+        self.since = self.since or time.monotonic()
+
+    def _release(self, step: str) -> None:
+        held = self.mask.release(step)
+        if held is not None:
+            self._pend(step, *held)
+
+    def _pend(self, step: str, first_line: int, lines: list[str]) -> None:
+        if not lines:
+            return
+        if step in self.pending:
+            self.pending[step][1].extend(lines)
+        else:
+            self.pending[step] = (first_line, lines)
+        self.since = self.since or time.monotonic()
+        self.lines += len(lines)
+        self.size += sum(map(len, lines))
+        if self._busy.is_set():
+            if self.lines >= MAX_LINES or self.size >= MAX_BODY // 2:
+                self._hand_off()  # waits while a batch is in flight and one waits
+        elif self.lines >= FLUSH_LINES or self.size >= FLUSH_BYTES:
+            self._hand_off()
+
+    def flush(self) -> None:
+        """Send everything new and wait until the server has it."""
+        self._hand_off()
+        self._outbox.join()
+
+    def close(self) -> None:
+        """Stop the sender's thread (after a flush)."""
+        if self._sender.is_alive():
+            self._outbox.put(None)
+            self._sender.join()
+
+    def _hand_off(self) -> None:
+        """Pass step states and log lines gathered so far to the sender."""
+        if self.since is None:
+            return
+        ids = self.job.step_ids
+        steps = {str(ids[name]): fields for name, fields in self.changed.items() if name in ids}
+        chunks = [[ids[s], first, lines] for s, (first, lines) in self.pending.items() if s in ids]
+        self.changed, self.pending = {}, {}
+        self.lines = self.size = 0
+        self.since = None
+        if self.lost:
+            return
+        if self._sender.is_alive():
+            self._busy.set()
+            self._outbox.put((steps, chunks))
+        else:  # closed (the engine ended): send from here
+            self._send(steps, chunks)
+
+    def _sending(self) -> None:
+        while (batch := self._outbox.get()) is not None:
+            try:
+                if not self.lost:
+                    self._send(*batch)
+            except Exception as exc:  # noqa: BLE001  (the job stops with the reason logged)
+                self._lose(exc)
+            finally:
+                if self._outbox.unfinished_tasks <= 1:
+                    self._busy.clear()
+                self._outbox.task_done()
+        self._outbox.task_done()
+
+    def _send(self, steps: dict[str, Any], chunks: list[list[Any]]) -> None:
+        lines = sum(len(chunk[2]) for chunk in chunks)
+        body = json.dumps({"steps": steps, "chunks": chunks}, ensure_ascii=False).encode()
+        if (lines > MAX_LINES or len(body) > MAX_BODY) and lines > 1:
+            first, second = _halves(chunks)
+            self._send({}, first)  # the lines first: a step's end comes after its output
+            self._send(steps, second)
+            return
+        try:
+            self.job.client.call(
+                f"/jobs/{self.job.id}/{self.job.attempt}/report",
+                body,
+                stop=self.job.gone,
+            )
+        except (ApiError, Stopped) as exc:
+            self._lose(exc)
+
+    def _lose(self, exc: Exception) -> None:
+        if not self.lost:
+            log.warning("job %s attempt %s: %s; stopping it", self.job.id, self.job.attempt, exc)
+            self.lost = True
+            self.on_lost()
+
+
+def _halves(chunks: list[list[Any]]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Two batches of about half the lines each, in order."""
+    if len(chunks) > 1:
+        middle = len(chunks) // 2
+        return chunks[:middle], chunks[middle:]
+    step, first, lines = chunks[0]
+    middle = len(lines) // 2
+    return [[step, first, lines[:middle]]], [[step, first + middle, lines[middle:]]]
+
+
+# ---------------------------------------------------------------------------
+# One job
+
+
+@dataclass
+class Job:
+    """A job this runner holds: what `next` answered, and how to stop it."""
+
+    payload: dict[str, Any]
+    client: Client
+    lease_seconds: float
+    engine: Engine | None = None
+    reporter: HttpReporter | None = None
+    release: bool = False  # shutting down: leave it to the lease expiry, do not finish it
+    gone: threading.Event = field(default_factory=threading.Event)  # taken, or given up
+    renewed: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def id(self) -> int:
+        return int(self.payload["job_id"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.payload["attempt"])
+
+    @property
+    def step_ids(self) -> dict[str, int]:
+        return {step["name"]: int(step["id"]) for step in self.payload["steps"]}
+
+    def cancel(self) -> None:
+        if self.engine is not None:
+            self.engine.cancel()
+
+    def lose(self) -> None:
+        """The attempt is no longer ours: stop, write nothing more."""
+        self.gone.set()
+        if self.reporter is not None:
+            self.reporter.lost = True
+        self.cancel()
+
+
+def host_env(home: Path) -> dict[str, str]:
+    """As runners/worker.py host_env: nothing of the runner's own environment (its token's
+    file path, proxies with passwords) reaches a step."""
+    return {
+        "PATH": HOST_PATH,
+        "HOME": str(home),
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+        "TZ": os.environ.get("TZ") or "UTC",
+    }
+
+
+def make_workspace(root: Path, job: Job) -> Path:
+    path = root / f"job{job.id}-a{job.attempt}"
+    remove_workspace(path)
+    path.mkdir(parents=True)
+    (path / OWNER_FILE).write_text(owner_label())
+    (path.with_name(path.name + HOME_SUFFIX)).mkdir()
+    return path
+
+
+def remove_workspace(path: Path) -> None:
+    shutil.rmtree(path.with_name(path.name + HOME_SUFFIX), ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_leftovers(root: Path) -> None:
+    """Workspaces of runners on this machine that died."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        marker = path / OWNER_FILE
+        with contextlib.suppress(OSError):
+            if marker.is_file() and not owner_alive(marker.read_text().strip()):
+                remove_workspace(path)
+
+
+def _branch(ref: str) -> str | None:
+    return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
+
+
+class Runner:
+    """Takes jobs with `next` and runs up to `capacity` of them at once."""
+
+    def __init__(self, config: Config, config_path: Path, *, grace: float = 60.0) -> None:
+        self.config = config
+        self.client = Client(config.server, config.token)
+        self.capacity = max(1, config.capacity)
+        self.root = config.workspaces(config_path)
+        self.grace = grace
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self._running: dict[int, Job] = {}
+        self._lock = threading.Lock()
+        self._slot_free = threading.Event()
+        self._beat_stop = threading.Event()
+
+    def stop(self) -> None:
+        """Take no more jobs (signal-safe: sets flags and shuts the poll's socket)."""
+        self.stopping.set()
+        self._slot_free.set()
+        self.client.abort()
+
+    def run(self, *, once: bool = False) -> int:
+        """Until stop() (or one job with `once`); 0, or 1 if the server refuses this runner."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(self.root)
+        beat = threading.Thread(target=self._heartbeat, name="goci-beat", daemon=True)
+        beat.start()
+        threads: list[threading.Thread] = []
+        attempt = 0
+        try:
+            while not self.stopping.is_set():
+                with self._lock:
+                    full = len(self._running) >= self.capacity
+                if full:
+                    self._slot_free.wait(1.0)
+                    self._slot_free.clear()
+                    continue
+                try:
+                    status, payload = self.client.once(f"/next?wait={POLL_WAIT}")
+                except (OSError, http.client.HTTPException) as exc:
+                    status, payload = 0, {"detail": str(exc)}
+                if self.stopping.is_set():
+                    break  # a job answered now is lost with the poll: its lease hands it back
+                if status == 200:
+                    attempt = 0
+                    job = Job(payload, self.client, float(payload["lease_seconds"]))
+                    with self._lock:
+                        self._running[job.id] = job
+                    thread = threading.Thread(
+                        target=self._run_job, args=(job,), name=f"goci-job-{job.id}", daemon=True
+                    )
+                    thread.start()
+                    threads.append(thread)
+                    if once:
+                        thread.join()
+                        break
+                elif status == 204:
+                    attempt = 0
+                elif status == 401:
+                    self.fatal = str((payload or {}).get("detail", "unauthorized"))
+                    break
+                elif 400 <= status < 500 and status != 429:
+                    self.fatal = f"{status}: {(payload or {}).get('detail', '')}"
+                    break
+                else:
+                    delay = backoff(attempt)
+                    attempt += 1
+                    log.warning(
+                        "cannot reach the server (%s); again in %.1f s", status or payload, delay
+                    )
+                    self.stopping.wait(delay)
+        finally:
+            self._shutdown()
+            for thread in threads:
+                thread.join()
+            self._beat_stop.set()
+            beat.join()
+            self.client.close()
+        return 1 if self.fatal else 0
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.grace
+        for job in self._jobs():
+            job.done.wait(max(deadline - time.monotonic(), 0))
+        for job in self._jobs():
+            if not job.done.is_set():
+                log.warning("job %s still running after the grace: left to its lease", job.id)
+                job.release = True
+                job.lose()
+
+    def _jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._running.values())
+
+    # -- the heartbeat --
+
+    def _heartbeat(self) -> None:
+        while not self._beat_stop.wait(0.5):
+            for job in self._jobs():
+                every = min(CHECK_EVERY, job.lease_seconds / 3)
+                if job.gone.is_set() or time.monotonic() - job.renewed < every:
+                    continue
+                try:
+                    status, answer = self.client.once(f"/jobs/{job.id}/{job.attempt}/lease")
+                except (OSError, http.client.HTTPException) as exc:
+                    log.warning("lease of job %s not renewed: %s", job.id, exc)
+                    continue  # the lease may still hold; the next beat tries again
+                if status == 200:
+                    job.renewed = time.monotonic()
+                    if answer.get("cancel_requested"):
+                        job.cancel()
+                elif status in (401, 404, 409):
+                    log.warning("job %s attempt %s was taken: stopping it", job.id, job.attempt)
+                    job.lose()
+
+    # -- one job --
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            self._execute(job)
+        except Exception:
+            log.exception("job %s crashed its thread", job.id)
+        finally:
+            job.done.set()
+            with self._lock:
+                self._running.pop(job.id, None)
+            self._slot_free.set()
+
+    def _execute(self, job: Job) -> None:
+        payload = job.payload
+        token = str(payload["job_token"])
+        if payload["checkout"]:
+            self._refuse(job, CHECKOUT_UNSUPPORTED, (CHECKOUT_STEP,))
+            return
+        try:
+            pipeline = load(payload["pipeline"], payload["pipeline_path"])
+        except PipelineError as exc:
+            self._refuse(job, f"the pipeline is no longer valid: {exc}", ())
+            return
+        hostless = [step.name for step in pipeline.steps if step.image is None]
+        if hostless and self.config.host_steps != "allow":
+            if not self.config.default_image:
+                self._refuse(
+                    job, f"{NO_HOST_STEPS} (steps without image: {', '.join(hostless)})", hostless
+                )
+                return
+            steps = tuple(
+                s if s.image else dataclasses.replace(s, image=self.config.default_image)
+                for s in pipeline.steps
+            )
+            pipeline = dataclasses.replace(pipeline, steps=steps)
+        workspace = make_workspace(self.root, job)
+        try:
+            self._run_pipeline(job, pipeline, workspace, token)
+        finally:
+            remove_workspace(workspace)
+
+    def _run_pipeline(self, job: Job, pipeline: Pipeline, workspace: Path, token: str) -> None:
+        reporter = HttpReporter(
+            job, [token], on_lost=job.lose, on_finished=lambda r: self._finish(job, str(r.status))
+        )
+        job.reporter = reporter
+        try:
+            executor = self._executor(pipeline, workspace)
+        except Exception as exc:  # noqa: BLE001  (Docker unreachable: every step says why)
+            self._abandon(job, reporter, pipeline, str(exc))
+            return
+        payload = job.payload
+        engine = Engine(
+            pipeline,
+            executor,
+            reporter,
+            branch=_branch(str(payload["ref"])),
+            event=str(payload["event"]),
+            env={**payload["env"], "GOCI_JOB_TOKEN": token},
+            log_cap=DEFAULT_LOG_CAP,
+            changed_files=payload["changed_files"],
+        )
+        job.engine = engine
+        if job.gone.is_set():
+            engine.cancel()
+        try:
+            engine.run()
+        except Exception as exc:
+            log.exception("job %s failed in the runner", job.id)
+            self._abandon(job, reporter, pipeline, f"Goci failed while running it: {exc}")
+
+    def _executor(self, pipeline: Pipeline, workspace: Path) -> Executor:
+        containers = None
+        if any(step.image for step in pipeline.steps):
+            from runners.executors.docker import from_environment  # noqa: PLC0415
+
+            containers = from_environment(workspace)
+        local = None
+        if self.config.host_steps == "allow":
+            home = workspace.with_name(workspace.name + HOME_SUFFIX)
+            local = LocalExecutor(workspace, env=host_env(home), supervise=True)
+        return ByImage(local, containers)
+
+    def _finish(self, job: Job, status: str, error: str = "") -> None:
+        if job.release or job.gone.is_set():
+            return
+        try:
+            job.client.call(
+                f"/jobs/{job.id}/{job.attempt}/finish",
+                {"status": status, "error": error},
+                stop=job.gone,
+            )
+        except (ApiError, Stopped) as exc:
+            log.warning("job %s attempt %s not finished: %s", job.id, job.attempt, exc)
+
+    def _refuse(self, job: Job, error: str, culprits: Sequence[str]) -> None:
+        """End the job before any step runs, every step with the reason."""
+        reporter = HttpReporter(job, [], on_lost=job.lose)
+        for step in job.payload["steps"]:
+            name = step["name"]
+            fake = PipelineStep(name=name, run="", index=int(step["position"]))
+            failed = name in culprits or not culprits
+            status = Outcome.ERROR if failed else Outcome.SKIPPED
+            why = error if failed else f"not run: {', '.join(culprits)} could not run"
+            reporter.step_finished(fake, StepResult(name, status, error=why))
+        reporter.flush()
+        reporter.close()
+        if not reporter.lost:
+            self._finish(job, "error", error)
+
+    def _abandon(self, job: Job, reporter: HttpReporter, pipeline: Pipeline, error: str) -> None:
+        for step in pipeline.steps:
+            if step.name not in reporter.ended:
+                reporter.step_finished(step, StepResult(step.name, Outcome.ERROR, error=error))
+        with contextlib.suppress(Exception):
+            reporter.flush()
+        reporter.close()
+        if not reporter.lost:
+            self._finish(job, "error", reporter.mask.text(error))
