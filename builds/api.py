@@ -23,6 +23,7 @@ from datetime import datetime
 from functools import wraps
 from typing import Annotated, Any, Literal
 
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
@@ -36,7 +37,6 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import URLPattern, URLResolver
 from django.utils.log import log_response
@@ -963,22 +963,36 @@ def not_found(request: HttpRequest) -> JsonResponse:
     return _error(404, f"no such API endpoint: {request.method} {request.path}")
 
 
-def _json_405(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    @wraps(view)  # keeps ninja's csrf_exempt: tokens, not cookies, authenticate here
-    def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        response = view(request, *args, **kwargs)
+def _json_405(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The view, with ninja's plain-text 405 answered in JSON (a coroutine view too:
+    the runner API's long poll)."""
+
+    def json_405(request: HttpRequest, response: Any) -> Any:
         if isinstance(response, HttpResponseNotAllowed):
             allowed = response["Allow"]
             response = _error(405, f"{request.method} is not allowed here; use {allowed}")
             response["Allow"] = allowed
         return response
 
+    if iscoroutinefunction(view):
+
+        @wraps(view)  # keeps ninja's csrf_exempt: tokens, not cookies, authenticate here
+        async def answer_later(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            return json_405(request, await view(request, *args, **kwargs))
+
+        return answer_later
+
+    @wraps(view)
+    def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        return json_405(request, view(request, *args, **kwargs))
+
     return answer
 
 
-def urls() -> tuple[list[URLPattern | URLResolver], str, str]:
-    """The API's URLs for goci/urls.py; ninja's plain-text 405 answered in JSON."""
-    patterns, app_name, namespace = api.urls
+def urls(of: NinjaAPI | None = None) -> tuple[list[URLPattern | URLResolver], str, str]:
+    """An API's URLs for goci/urls.py (this one's by default), ninja's plain-text 405
+    answered in JSON."""
+    patterns, app_name, namespace = (of or api).urls
     return (
         [
             URLPattern(p.pattern, _json_405(p.callback), p.default_args, p.name)

@@ -752,7 +752,7 @@ class Runner:
             pipeline,
             executor,
             reporter,
-            branch=_branch(str(payload["ref"])),
+            branch=payload.get("branch") if "branch" in payload else _branch(str(payload["ref"])),
             event=str(payload["event"]),
             env={**payload["env"], "GOCI_JOB_TOKEN": token},
             log_cap=DEFAULT_LOG_CAP,

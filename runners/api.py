@@ -25,7 +25,7 @@ from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError, connection
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver
 from ninja import Field, NinjaAPI, P, PathEx, QueryEx, Schema
 from ninja import Status as Reply
@@ -177,6 +177,7 @@ class JobOut(Schema):
     repo_url: str
     ref: str
     commit: str
+    branch: str | None = Field(description="The branch `when:` sees: a PR's target branch.")
     event: str
     fork: bool = Field(description="A fork's code: it gets no secrets.")
     changed_files: list[str] | None
@@ -298,7 +299,12 @@ def _look(runner_id: int) -> tuple[str, dict[str, Any] | None]:
 
 
 def _job_payload(job: Job) -> dict[str, Any]:
-    from runners.worker import JOB_TOKEN_LIFETIME, JOB_TOKEN_SLACK, server_env  # noqa: PLC0415
+    from runners.worker import (  # noqa: PLC0415
+        JOB_TOKEN_LIFETIME,
+        JOB_TOKEN_SLACK,
+        branch_of,
+        server_env,
+    )
 
     build = job.build
     timeout = None
@@ -320,6 +326,7 @@ def _job_payload(job: Job) -> dict[str, Any]:
         "repo_url": build.project.repo_url,
         "ref": build.ref,
         "commit": build.commit,
+        "branch": branch_of(build),
         "event": server_env(build)["GOCI_EVENT"],
         "fork": build.fork,
         "changed_files": build.changed_files,
@@ -504,33 +511,6 @@ def _internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     return user_api._internal_error(request, exc)
 
 
-def _json_405(view: Callable[..., Any]) -> Callable[..., Any]:
-    """user_api._json_405, also for the coroutine view of `next`."""
-    if not iscoroutinefunction(view):
-        return user_api._json_405(view)
-
-    @wraps(view)  # keeps ninja's csrf_exempt: tokens, not cookies, authenticate here
-    async def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        response = await view(request, *args, **kwargs)
-        if isinstance(response, HttpResponseNotAllowed):
-            allowed = response["Allow"]
-            response = _error(405, f"{request.method} is not allowed here; use {allowed}")
-            response["Allow"] = allowed
-        return response
-
-    return answer
-
-
 def urls() -> tuple[list[URLPattern | URLResolver], str, str]:
     """The runner API's URLs, its 405s in JSON like the user API's."""
-    patterns, app_name, namespace = runner_api.urls
-    return (
-        [
-            URLPattern(p.pattern, _json_405(p.callback), p.default_args, p.name)
-            if isinstance(p, URLPattern)
-            else p
-            for p in patterns
-        ],
-        app_name,
-        namespace,
-    )
+    return user_api.urls(runner_api)

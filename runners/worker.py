@@ -345,7 +345,7 @@ class Worker:
         values: dict[str, str] = {}
         wanted = secrets_wanted(
             pipeline,
-            branch=_branch(build),
+            branch=branch_of(build),
             event=EVENTS.get(build.trigger, build.trigger),
             changed_files=build.changed_files,
             judge=True,
@@ -359,7 +359,7 @@ class Worker:
                         project=build.project,
                         wanted=wanted,
                         **secret_scope(build),
-                        branch=_branch(build),
+                        branch=branch_of(build),
                     ),
                     what="reading secrets",
                 )
@@ -400,7 +400,7 @@ class Worker:
             pipeline,
             executor,
             reporter,
-            branch=_branch(build),
+            branch=branch_of(build),
             event=EVENTS.get(build.trigger, build.trigger),
             env={**build.env, **server_env(build), "GOCI_JOB_TOKEN": job_token},
             log_cap=settings.GOCI_LOG_CAP,
@@ -820,7 +820,7 @@ class _HandBack(Exception):
         self.missing = missing
 
 
-def _branch(build: Build) -> str | None:
+def branch_of(build: Build) -> str | None:
     """The branch `when:` and secrets' branch rules see: a pull request's target branch
     (as Woodpecker's CI_COMMIT_BRANCH and GitHub's `branches:` filter), none for a tag."""
     if build.pr_number is not None:
