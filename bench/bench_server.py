@@ -270,7 +270,7 @@ def engine_per_step_ms(tmp: Path) -> float:
     from runners.engine import Engine
     from runners.executors import ByImage
     from runners.executors.local import LocalExecutor
-    from runners.worker import home_of, host_env
+    from runners.workspace import home_of, host_env
 
     class Nothing:
         def step_started(self, *args: object) -> None: ...

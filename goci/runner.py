@@ -21,7 +21,6 @@ import os
 import platform
 import queue
 import random
-import shutil
 import socket
 import stat
 import threading
@@ -37,12 +36,12 @@ from typing import Any
 import goci
 from builds.pipeline import Pipeline, PipelineError, load
 from builds.pipeline import Step as PipelineStep
+from runners import workspace as workspaces
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
 from runners.lines import DEFAULT_LOG_CAP, Masker
-from runners.owner import owner_alive, owner_label
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,6 @@ CHECK_EVERY = 2.0
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0
 CHECKOUT_STEP = "clone"  # builds.services.CHECKOUT_STEP (a Django module)
 CHECKOUT_UNSUPPORTED = "this runner cannot check out yet; run it on a worker"
-OWNER_FILE = ".goci-owner"
-HOME_SUFFIX = ".home"
-# As runners/worker.py: host steps start from this environment, nothing of the runner's.
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class RunnerError(Exception):
@@ -539,42 +534,6 @@ class Job:
         self.cancel()
 
 
-def host_env(home: Path) -> dict[str, str]:
-    """As runners/worker.py host_env: nothing of the runner's own environment (its token's
-    file path, proxies with passwords) reaches a step."""
-    return {
-        "PATH": HOST_PATH,
-        "HOME": str(home),
-        "LANG": os.environ.get("LANG") or "C.UTF-8",
-        "TZ": os.environ.get("TZ") or "UTC",
-    }
-
-
-def make_workspace(root: Path, job: Job) -> Path:
-    path = root / f"job{job.id}-a{job.attempt}"
-    remove_workspace(path)
-    path.mkdir(parents=True)
-    (path / OWNER_FILE).write_text(owner_label())
-    (path.with_name(path.name + HOME_SUFFIX)).mkdir()
-    return path
-
-
-def remove_workspace(path: Path) -> None:
-    shutil.rmtree(path.with_name(path.name + HOME_SUFFIX), ignore_errors=True)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def clean_leftovers(root: Path) -> None:
-    """Workspaces of runners on this machine that died."""
-    if not root.is_dir():
-        return
-    for path in root.iterdir():
-        marker = path / OWNER_FILE
-        with contextlib.suppress(OSError):
-            if marker.is_file() and not owner_alive(marker.read_text().strip()):
-                remove_workspace(path)
-
-
 def _branch(ref: str) -> str | None:
     return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
@@ -604,7 +563,7 @@ class Runner:
     def run(self, *, once: bool = False) -> int:
         """Until stop() (or one job with `once`); 0, or 1 if the server refuses this runner."""
         self.root.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(self.root)
+        workspaces.clean_leftovers(self.root)
         beat = threading.Thread(target=self._heartbeat, name="goci-beat", daemon=True)
         beat.start()
         threads: list[threading.Thread] = []
@@ -731,11 +690,11 @@ class Runner:
                 for s in pipeline.steps
             )
             pipeline = dataclasses.replace(pipeline, steps=steps)
-        workspace = make_workspace(self.root, job)
+        workspace = workspaces.make_workspace(self.root, f"job{job.id}-a{job.attempt}")
         try:
             self._run_pipeline(job, pipeline, workspace, token)
         finally:
-            remove_workspace(workspace)
+            workspaces.remove_workspace(workspace)
 
     def _run_pipeline(self, job: Job, pipeline: Pipeline, workspace: Path, token: str) -> None:
         reporter = HttpReporter(
@@ -775,8 +734,8 @@ class Runner:
             containers = from_environment(workspace)
         local = None
         if self.config.host_steps == "allow":
-            home = workspace.with_name(workspace.name + HOME_SUFFIX)
-            local = LocalExecutor(workspace, env=host_env(home), supervise=True)
+            home = workspaces.home_of(workspace)
+            local = LocalExecutor(workspace, env=workspaces.host_env(home), supervise=True)
         return ByImage(local, containers)
 
     def _finish(self, job: Job, status: str, error: str = "") -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import queue
-import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from builds.secrets import (
     secret_for_goci,
     secrets_resolve,
 )
+from runners import workspace as workspaces
 from runners.checkout import (
     Checkout,
     CheckoutCanceled,
@@ -62,14 +62,18 @@ from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
 from runners.lines import StepLog
 from runners.models import Runner
-from runners.owner import owner_alive, owner_label
 from runners.queue import job_claim, job_heartbeat, job_release, jobs_reap
 from runners.reporting import BuildReporter, with_retry
+from runners.workspace import (
+    OWNER_FILE,
+    empty_workspace,
+    home_of,
+    host_env,
+    remove_workspace,
+)
 
 log = logging.getLogger(__name__)
 
-OWNER_FILE = ".goci-owner"
-HOME_SUFFIX = ".home"
 # Cancel must reach a running step within 2 s: the heartbeat looks this often.
 CHECK_EVERY = 0.5
 # How often a worker looks for jobs whose lease expired (and at least every third of
@@ -83,9 +87,6 @@ MAX_RERUN_CHAIN = 100
 # bounds it if that check cannot tell: the pipeline's timeout, or a day, and a margin.
 JOB_TOKEN_LIFETIME = 24 * 3600
 JOB_TOKEN_SLACK = 600
-# PATH of host steps on a server (Docker's default): the worker's own may name its
-# virtualenv or other private tools.
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The pipeline file read from the repository: the project's pipeline_path, and if that
 # is the default and missing, the other spelling.
 DEFAULT_PIPELINE = ".goci.yml"
@@ -750,20 +751,6 @@ def server_env(build: Build) -> dict[str, str]:
     }
 
 
-def host_env(home: Path) -> dict[str, str]:
-    """All a host step's environment starts from on a server (the pipeline's env and
-    Goci's variables come on top). Nothing of the worker's own: DATABASE_URL,
-    SECRET_KEY and the like would give every build the server's keys."""
-    return {
-        "PATH": HOST_PATH,
-        "HOME": str(home),
-        # The machine's language and time zone, not secrets: kept so output and
-        # timestamps read as on the machine itself.
-        "LANG": os.environ.get("LANG") or "C.UTF-8",
-        "TZ": os.environ.get("TZ") or "UTC",
-    }
-
-
 def secret_scope(build: Build) -> dict[str, Any]:
     """The event and fork flag that decide which secrets a build gets. A rerun runs the
     code of the build it reruns, so it is judged by that one's event (build_rerun
@@ -801,17 +788,6 @@ def fetch_ref(build: Build) -> str:
     return build.ref
 
 
-def empty_workspace(workspace: Path) -> None:
-    """Remove the checkout (`clone: false`), keeping the owner mark."""
-    for path in workspace.iterdir():
-        if path.name == OWNER_FILE:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
 class _HandBack(Exception):
     """The pipeline read from the repository runs on labels this worker lacks."""
 
@@ -831,41 +807,15 @@ def branch_of(build: Build) -> str | None:
 
 
 def make_workspace(job: Job) -> Path:
-    """A fresh directory for one attempt of a job, marked with its owner so that the
-    next worker on this machine removes it if this one dies."""
-    root = Path(settings.GOCI_WORKSPACE_ROOT)
-    path = root / f"job{job.pk}-a{job.attempt}"
-    remove_workspace(path)
-    path.mkdir(parents=True)
-    (path / OWNER_FILE).write_text(owner_label())
-    home_of(path).mkdir()
-    return path
-
-
-def home_of(workspace: Path) -> Path:
-    """HOME of the job's host steps: fresh per job, beside the workspace rather than in
-    it, so that it is never mistaken for the checked-out files."""
-    return workspace.with_name(workspace.name + HOME_SUFFIX)
-
-
-def remove_workspace(workspace: Path) -> None:
-    # HOME first: clean_leftovers() keeps a HOME while its workspace is there.
-    shutil.rmtree(home_of(workspace), ignore_errors=True)
-    shutil.rmtree(workspace, ignore_errors=True)
+    """A fresh directory for one attempt of a job (runners/workspace.py)."""
+    return workspaces.make_workspace(
+        Path(settings.GOCI_WORKSPACE_ROOT), f"job{job.pk}-a{job.attempt}"
+    )
 
 
 def clean_leftovers() -> None:
     """Remove workspaces of workers on this machine that died."""
-    root = Path(settings.GOCI_WORKSPACE_ROOT)
-    if root.is_dir():
-        for path in root.iterdir():
-            marker = path / OWNER_FILE
-            with contextlib.suppress(OSError):
-                if marker.is_file() and not owner_alive(marker.read_text().strip()):
-                    remove_workspace(path)
-        for path in root.glob(f"*{HOME_SUFFIX}"):  # a worker died between the two removals
-            if not path.with_name(path.name.removesuffix(HOME_SUFFIX)).exists():
-                shutil.rmtree(path, ignore_errors=True)
+    workspaces.clean_leftovers(Path(settings.GOCI_WORKSPACE_ROOT))
 
 
 def prune_containers() -> subprocess.Popen[bytes] | None:

@@ -21,6 +21,7 @@ CORE = (
     "runners/supervise.py",
     "builds/clone_urls.py",
     "runners/checkout.py",
+    "runners/workspace.py",
     "goci/runner.py",  # `goci runner`: a remote runner has no database or settings
 )
 # The server's libraries; our modules that use them are caught through their imports.

@@ -20,7 +20,8 @@ from django.test import Client
 
 from builds import services
 from builds.models import FINISHED, Build, Job, LogChunk, Status, Step
-from runners.worker import HOST_PATH, Worker
+from runners.worker import Worker
+from runners.workspace import HOST_PATH
 from tests.conftest import TEST_IMAGE
 from tests.helpers import goci, make_token, processes_matching, write_pipeline
 from tests.queue_helpers import (
