@@ -29,7 +29,7 @@ from builds.secrets import CLONE_SSH_KEY, CLONE_TOKEN, secret_set
 from runners.worker import Worker
 from tests.conftest import need
 from tests.git_server import GitServer, Listener, Repo, git, git_server
-from tests.queue_helpers import log_lines, make_project
+from tests.queue_helpers import log_lines, make_project, run_one
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,16 +72,6 @@ def push_build(project: Project, commit: str, pipeline: str = "", **fields: Any)
     fields.setdefault("ref", "refs/heads/main")
     fields.setdefault("trigger", Build.Trigger.PUSH)
     build, _ = services.build_create(project=project, pipeline=pipeline, commit=commit, **fields)
-    return build
-
-
-def run_one(build: Build) -> Build:
-    worker = Worker(name="w1")
-    try:
-        assert worker.run_one_job() is True
-    finally:
-        worker.close()
-    build.refresh_from_db()
     return build
 
 

@@ -207,8 +207,7 @@ def test_a_build_whose_pipeline_when_does_not_match_ends_in_success_on_the_serve
     from builds.models import Build
     from builds.models import Status as BuildStatus
     from builds.models import Step as StepRow
-    from runners.worker import Worker
-    from tests.queue_helpers import make_project, submit
+    from tests.queue_helpers import make_project, run_one, submit
 
     settings.GOCI_WORKSPACE_ROOT = tmp_path / "ws"
     settings.GOCI_HOST_STEPS = "allow"
@@ -225,12 +224,7 @@ def test_a_build_whose_pipeline_when_does_not_match_ends_in_success_on_the_serve
         trigger=Build.Trigger.PUSH,
         origin={"changed_files": ["README.md"]},
     )
-    worker = Worker(name="w1")
-    try:
-        assert worker.run_one_job() is True
-    finally:
-        worker.close()
-    build.refresh_from_db()
+    run_one(build)
     assert build.status == BuildStatus.SUCCESS
     rows = StepRow.objects.filter(job__build=build).order_by("position")
     assert [(row.name, row.status, row.error) for row in rows] == [

@@ -28,6 +28,7 @@ from tests.queue_helpers import (
     log_lines,
     make_project,
     require_postgres,
+    run_one,
     start_worker,
     submit,
     wait_for,
@@ -44,16 +45,6 @@ REFUSED = (
 @pytest.fixture(autouse=True)
 def workspaces(tmp_path: Path, settings: Any) -> None:
     settings.GOCI_WORKSPACE_ROOT = tmp_path / "ws"
-
-
-def run_one(build: Build) -> Build:
-    worker = Worker(name="w1")
-    try:
-        assert worker.run_one_job() is True
-    finally:
-        worker.close()
-    build.refresh_from_db()
-    return build
 
 
 def lines_of(build: Build, step: str) -> list[str]:

@@ -20,9 +20,8 @@ from builds.commit_status import StatusSender
 from builds.forges import gitea
 from builds.models import Build, LogChunk, Status, Step, WebhookDelivery
 from builds.secrets import FORGE_TOKEN, secret_set
-from runners.worker import Worker
 from tests.git_server import GitServer, Repo, git_server
-from tests.queue_helpers import make_project
+from tests.queue_helpers import make_project, run_one
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,14 +99,6 @@ def _project(server: GitServer, live_url: str, settings: Any) -> tuple[Repo, Any
     return repo, project
 
 
-def _run_worker() -> None:
-    worker = Worker(name="w1")
-    try:
-        assert worker.run_one_job() is True
-    finally:
-        worker.close()
-
-
 def _log(build: Build) -> str:
     chunks = LogChunk.objects.filter(step__job__build=build)
     return "\n".join(chunks.order_by("step__position", "first_line").values_list("text", flat=True))
@@ -156,9 +147,8 @@ def test_a_push_to_a_real_git_server_builds_the_pushed_commit_and_reports_back(
     assert delivery.outcome == "build"
 
     StatusSender().send_due()  # what a sender beside the server sends meanwhile
-    _run_worker()
+    run_one(build)
 
-    build.refresh_from_db()
     log = _log(build)
     assert build.status == Status.SUCCESS, log
     assert f"HEAD is {third}" in log
@@ -206,9 +196,8 @@ def test_a_pull_request_from_a_fork_runs_its_head_without_any_secret(
     build = Build.objects.get()
     assert (build.fork, build.pr_number, build.commit) == (True, 7, head)
 
-    _run_worker()
+    run_one(build)
 
-    build.refresh_from_db()
     log = _log(build)
     assert build.status == Status.SUCCESS, log
     assert f"HEAD is {head}" in log
