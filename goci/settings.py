@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import tempfile
 from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
@@ -131,14 +132,23 @@ def embedded_secret_key(data_dir: Path) -> str:
     """The embedded default keeps a generated key beside its SQLite database.
 
     A fixed fallback key would let anyone forge sessions; asking a first-time user to
-    invent one is friction. So the first start writes a random key (mode 0600).
+    invent one is friction. So the first start writes a random key (mode 0600). Several
+    processes may start at once on a new data directory (`goci up` and workers): each
+    writes its key to a file of its own and links it into place, which only the first
+    does; all then read that whole key, never a half-written or missing one.
     """
     path = data_dir / "secret_key"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(50))
+        fd, name = tempfile.mkstemp(dir=data_dir, prefix=".secret_key.")  # mode 0600
+        mine = Path(name)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50))
+            with contextlib.suppress(FileExistsError):  # another process's came first
+                path.hardlink_to(mine)
+        finally:
+            mine.unlink()
     return path.read_text().strip()
 
 

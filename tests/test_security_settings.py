@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -241,3 +242,41 @@ def test_a_zero_sign_in_limit_or_cooloff_is_a_clear_error(tmp_path: Path, name: 
     assert "GOCI_LOGIN_FAILURE_LIMIT and GOCI_LOGIN_COOLOFF_MINUTES must be 1 or more" in (
         done.stderr
     )
+
+
+def test_processes_starting_at_once_on_a_new_data_directory_share_one_whole_key(
+    tmp_path: Path,
+) -> None:
+    """`goci up` and workers may start together on a fresh data directory: each gets
+    the same key, none fails because another created the file first (found by four
+    workers starting at once in tests/test_worker_processes.py)."""
+    # Each process imports first, then waits for the same instant to make the key.
+    code = (
+        "import sys, time; from goci.settings import embedded_secret_key; "
+        "from pathlib import Path; time.sleep(max(0, float(sys.argv[2]) - time.time())); "
+        "print(embedded_secret_key(Path(sys.argv[1])))"
+    )
+    data = tmp_path / "data"
+    at = str(time.time() + 8)
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(data), at],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "SECRET_KEY": "for-the-import-only",
+                "GOCI_DATA_DIR": str(tmp_path / "of-the-import"),
+            },
+        )
+        for _ in range(8)
+    ]
+    answers = [start.communicate(timeout=60) for start in starts]
+
+    assert [start.returncode for start in starts] == [0] * 8, answers
+    keys = {out.strip() for out, _ in answers}
+    assert len(keys) == 1
+    assert len(keys.pop()) >= 50
+    assert [p.name for p in data.iterdir()] == ["secret_key"]  # no temporary file left
+    assert (data / "secret_key").stat().st_mode & 0o777 == 0o600
