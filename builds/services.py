@@ -1,18 +1,17 @@
 """Workflows that change build state: the only place that writes builds, jobs, steps
 and logs. Views, the API, the worker and the CLI call these.
 
-Worker writes are fenced: they name the job and its attempt, and are refused with
-LeaseLost once the reaper has given the job to another attempt.
+The writes of the worker or runner that holds a job (steps, logs, planning, finish)
+are fenced by the job's lease: they live with it in runners/queue.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +31,6 @@ from builds.models import (
     Build,
     CommitStatus,
     Job,
-    LogChunk,
     Membership,
     Project,
     Role,
@@ -49,10 +47,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "goci_queue"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class LeaseLost(Exception):
-    """This worker no longer owns the job: another attempt (or nobody) does."""
 
 
 class InvalidRequest(ValueError):
@@ -477,7 +471,7 @@ def build_create(
     if parsed is not None and not parsed.clone:
         checkout = False
     if checkout and parsed is not None:
-        _check_checkout_name(parsed)
+        check_checkout_name(parsed)
     env = _check_env(env or {})
     try:
         with transaction.atomic():
@@ -513,7 +507,7 @@ def build_create(
             if checkout:
                 Step.objects.create(job=job, name=CHECKOUT_STEP, position=0)
             if parsed is not None:
-                _create_steps(job, parsed, after_clone=checkout)
+                create_steps(job, parsed, after_clone=checkout)
             # Not the env: its values may be credentials.
             audit.record(
                 "build.rerun" if rerun_of is not None else "build.run",
@@ -541,7 +535,7 @@ def build_create(
     return build, True
 
 
-def _check_checkout_name(parsed: Pipeline) -> None:
+def check_checkout_name(parsed: Pipeline) -> None:
     if any(step.name == CHECKOUT_STEP for step in parsed.steps):
         raise InvalidRequest(
             f"a step is named {CHECKOUT_STEP!r}, the name of the step that checks out the "
@@ -549,7 +543,7 @@ def _check_checkout_name(parsed: Pipeline) -> None:
         )
 
 
-def _create_steps(job: Job, parsed: Pipeline, after_clone: bool) -> None:
+def create_steps(job: Job, parsed: Pipeline, after_clone: bool) -> None:
     deps = plan(parsed)
     Step.objects.bulk_create(
         Step(
@@ -576,30 +570,6 @@ def _supersede(build: Build) -> None:
     for old in older.exclude(commit=build.commit):
         Build.objects.filter(pk=old.pk).update(superseded_by=build)
         build_cancel(build=old)
-
-
-def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pipeline:
-    """The pipeline read from the repository at the build's commit: validated
-    (PipelineError: nothing changes), kept as the build's snapshot, its steps created
-    after "clone", its `runs_on` as the job's labels. Fenced: only the worker that owns
-    this attempt plans it."""
-    parsed = load(pipeline, filename)
-    _check_checkout_name(parsed)
-    with fenced(job_id, attempt):
-        job = Job.objects.select_related("build").get(pk=job_id)
-        Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
-        # Known only now: a worker without these labels hands the job back (worker.py).
-        Job.objects.filter(pk=job_id).update(labels=list(parsed.runs_on))
-        job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
-        _create_steps(job, parsed, after_clone=True)
-    return parsed
-
-
-def build_set_changed_files(*, job_id: int, attempt: int, changed_files: list[str] | None) -> None:
-    """The files a pull request changes, as the worker's checkout found them (`git
-    diff base...head`), for `when: {path: ...}`; None: unknown. Fenced."""
-    with fenced(job_id, attempt):
-        Build.objects.filter(jobs__id=job_id).update(changed_files=changed_files)
 
 
 commit_status_due = Signal()  # sent once a transaction that queued a commit status commits
@@ -696,105 +666,3 @@ def _status_words(build: Build, status: str) -> str:
         Status.CANCELED: "was canceled",
     }
     return f"#{build.number} {words.get(status, status)}"
-
-
-# ---------------------------------------------------------------------------
-# Fenced writes of the worker that owns attempt `attempt` of job `job_id`.
-
-
-@contextlib.contextmanager
-def fenced(job_id: int, attempt: int) -> Iterator[None]:
-    """One transaction of the worker that owns this attempt of the job, or LeaseLost.
-    Its first statement locks the job row and renews the lease; the reaper takes the
-    same lock to move a job on, so each write either lands before it or is refused.
-    Several writes share the one commit (a step's start, a log batch and its end)."""
-    with transaction.atomic():
-        owned = Job.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING).update(
-            lease_expires_at=lease_deadline()
-        )
-        if not owned:
-            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
-        yield
-
-
-# A step's row as the worker reports it: the whole state, so a write is idempotent.
-STEP_STATE = ("status", "exit_code", "error", "started_at", "finished_at", "image")
-
-
-def job_report(
-    *,
-    job_id: int,
-    attempt: int,
-    steps: Mapping[int, Mapping[str, Any]] | None = None,
-    chunks: Sequence[tuple[int, int, Sequence[str]]] = (),
-) -> None:
-    """What the worker learned since its last write, in one fenced transaction: log
-    batches (step id, first line number, lines) and the state of the steps that
-    changed (step id -> every field of STEP_STATE). A retry whose first try did
-    commit fails on a batch's unique key, having written nothing twice."""
-    with fenced(job_id, attempt):
-        if chunks:
-            LogChunk.objects.bulk_create(
-                LogChunk(
-                    step_id=step_id,
-                    attempt=attempt,
-                    first_line=first,
-                    line_count=len(lines),
-                    text="\n".join(lines),
-                )
-                for step_id, first, lines in chunks
-            )
-        # An UPDATE each: bulk_update's CASE expressions cost ~5 ms of Python a step.
-        for step_id, state in (steps or {}).items():
-            Step.objects.filter(pk=step_id).update(**state)
-
-
-def step_start(*, job_id: int, attempt: int, name: str, image: str = "") -> None:
-    """Mark one step running now (a one-off write; workers report with job_report)."""
-    with fenced(job_id, attempt):
-        Step.objects.filter(job_id=job_id, name=name).update(
-            status=Status.RUNNING, started_at=timezone.now(), exit_code=None, error="", image=image
-        )
-
-
-def step_finish(
-    *,
-    job_id: int,
-    attempt: int,
-    name: str,
-    status: str,
-    exit_code: int | None,
-    error: str | None,
-    started: bool,
-) -> None:
-    """End one step now (a one-off write; workers report with job_report)."""
-    with fenced(job_id, attempt):
-        Step.objects.filter(job_id=job_id, name=name).update(
-            status=status,
-            exit_code=exit_code,
-            error=error or "",
-            finished_at=timezone.now() if started else None,
-        )
-
-
-def log_append(
-    *, job_id: int, attempt: int, step_id: int, first_line: int, lines: Sequence[str]
-) -> None:
-    """Store a batch of consecutive lines (the database is the record of a log)."""
-    job_report(job_id=job_id, attempt=attempt, chunks=[(step_id, first_line, lines)])
-
-
-def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> str:
-    """End the job and settle its build; returns the build's status."""
-    now = timezone.now()
-    with fenced(job_id, attempt):
-        Job.objects.filter(pk=job_id).update(
-            status=status, error=error, finished_at=now, lease_expires_at=None
-        )
-        build = Build.objects.select_for_update(of=("self",)).get(jobs__id=job_id)
-        build_settle(build, now)
-    return build.status
-
-
-def lease_deadline() -> Any:
-    return timezone.now() + timedelta(seconds=settings.GOCI_LEASE_SECONDS)

@@ -500,8 +500,8 @@ def _conflict(request: HttpRequest, exc: services.Conflict) -> HttpResponse:
     return _error(409, str(exc))
 
 
-@runner_api.exception_handler(services.LeaseLost)
-def _taken(request: HttpRequest, exc: services.LeaseLost) -> HttpResponse:
+@runner_api.exception_handler(queue.LeaseLost)
+def _taken(request: HttpRequest, exc: queue.LeaseLost) -> HttpResponse:
     return _error(
         409,
         f"the job was taken: {exc} (its lease expired or it was handed back); stop it and clean up",

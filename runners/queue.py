@@ -1,5 +1,9 @@
-"""The job queue: claim, lease, heartbeat, reap, release. The lease is the single
-source of truth for who owns a job; `Job.attempt` fences out a worker that lost it.
+"""The job queue and its lease protocol, for local workers (runners/worker.py) and
+remote runners (runners/api.py) alike: claim, heartbeat, reap, release, and every write
+of the one that holds a job (steps, log batches, planning, finish). The lease is the
+single source of truth for who owns a job; `Job.attempt` fences out a worker or runner
+that lost it: each write names the job and its attempt, and is refused with LeaseLost
+once the reaper (or a release) has moved the job on.
 
 On PostgreSQL a claim locks one queued row with FOR UPDATE SKIP LOCKED, so any
 number of workers claim different jobs without waiting for each other. SQLite has
@@ -9,8 +13,9 @@ compare-and-swap on the status, and SQLite runs one writer at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -22,12 +27,13 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from builds.models import FINISHED, Build, Job, LogChunk, Status, Step
+from builds.pipeline import Pipeline, load
 from builds.services import (
+    CHECKOUT_STEP,
     InvalidRequest,
-    LeaseLost,
     build_settle,
-    job_finish,
-    job_report,
+    check_checkout_name,
+    create_steps,
     notify_queue,
 )
 from runners.models import Runner
@@ -35,8 +41,12 @@ from runners.models import Runner
 RUNNER_LOST = "runner lost"
 
 
-def _lease() -> timedelta:
-    return timedelta(seconds=settings.GOCI_LEASE_SECONDS)
+class LeaseLost(Exception):
+    """This worker no longer owns the job: another attempt (or nobody) does."""
+
+
+def lease_deadline() -> Any:
+    return timezone.now() + timedelta(seconds=settings.GOCI_LEASE_SECONDS)
 
 
 def jobs_fitting(jobs: QuerySet[Job], labels: Sequence[str]) -> QuerySet[Job]:
@@ -84,12 +94,12 @@ def job_claim(
         )
         if job is None:
             return None
-        now = timezone.now()
+        now, expires = timezone.now(), lease_deadline()
         claimed = Job.objects.filter(pk=job.pk, status=Status.QUEUED).update(
             status=Status.RUNNING,
             worker=worker,
             runner=runner,
-            lease_expires_at=now + _lease(),
+            lease_expires_at=expires,
             started_at=now,
         )
         if not claimed:
@@ -99,7 +109,7 @@ def job_claim(
         )
     job.status, job.worker, job.started_at = Status.RUNNING, worker, now
     job.runner = runner
-    job.lease_expires_at = now + _lease()
+    job.lease_expires_at = expires
     job.build.status = Status.RUNNING
     job.build.started_at = job.build.started_at or now
     return job
@@ -109,7 +119,7 @@ def job_heartbeat(*, job_id: int, attempt: int) -> bool:
     """Renew the lease; True if the build was asked to cancel. LeaseLost if the job is
     no longer this attempt's."""
     renewed = Job.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING).update(
-        lease_expires_at=timezone.now() + _lease()
+        lease_expires_at=lease_deadline()
     )
     if not renewed:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
@@ -172,6 +182,128 @@ def job_release(*, job_id: int, attempt: int) -> None:
         )
         if job is not None:
             _requeue(job)
+
+
+# ---------------------------------------------------------------------------
+# Fenced writes of the worker or runner that holds attempt `attempt` of job `job_id`.
+
+
+@contextlib.contextmanager
+def fenced(job_id: int, attempt: int) -> Iterator[None]:
+    """One transaction of the worker that owns this attempt of the job, or LeaseLost.
+    Its first statement locks the job row and renews the lease; the reaper takes the
+    same lock to move a job on, so each write either lands before it or is refused.
+    Several writes share the one commit (a step's start, a log batch and its end)."""
+    with transaction.atomic():
+        owned = Job.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING).update(
+            lease_expires_at=lease_deadline()
+        )
+        if not owned:
+            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
+        yield
+
+
+# A step's row as the worker reports it: the whole state, so a write is idempotent.
+STEP_STATE = ("status", "exit_code", "error", "started_at", "finished_at", "image")
+
+
+def job_report(
+    *,
+    job_id: int,
+    attempt: int,
+    steps: Mapping[int, Mapping[str, Any]] | None = None,
+    chunks: Sequence[tuple[int, int, Sequence[str]]] = (),
+) -> None:
+    """What the worker learned since its last write, in one fenced transaction: log
+    batches (step id, first line number, lines) and the state of the steps that
+    changed (step id -> every field of STEP_STATE). A retry whose first try did
+    commit fails on a batch's unique key, having written nothing twice."""
+    with fenced(job_id, attempt):
+        if chunks:
+            LogChunk.objects.bulk_create(
+                LogChunk(
+                    step_id=step_id,
+                    attempt=attempt,
+                    first_line=first,
+                    line_count=len(lines),
+                    text="\n".join(lines),
+                )
+                for step_id, first, lines in chunks
+            )
+        # An UPDATE each: bulk_update's CASE expressions cost ~5 ms of Python a step.
+        for step_id, state in (steps or {}).items():
+            Step.objects.filter(pk=step_id).update(**state)
+
+
+def step_start(*, job_id: int, attempt: int, name: str, image: str = "") -> None:
+    """Mark one step running now (a one-off write; workers report with job_report)."""
+    with fenced(job_id, attempt):
+        Step.objects.filter(job_id=job_id, name=name).update(
+            status=Status.RUNNING, started_at=timezone.now(), exit_code=None, error="", image=image
+        )
+
+
+def step_finish(
+    *,
+    job_id: int,
+    attempt: int,
+    name: str,
+    status: str,
+    exit_code: int | None,
+    error: str | None,
+    started: bool,
+) -> None:
+    """End one step now (a one-off write; workers report with job_report)."""
+    with fenced(job_id, attempt):
+        Step.objects.filter(job_id=job_id, name=name).update(
+            status=status,
+            exit_code=exit_code,
+            error=error or "",
+            finished_at=timezone.now() if started else None,
+        )
+
+
+def log_append(
+    *, job_id: int, attempt: int, step_id: int, first_line: int, lines: Sequence[str]
+) -> None:
+    """Store a batch of consecutive lines (the database is the record of a log)."""
+    job_report(job_id=job_id, attempt=attempt, chunks=[(step_id, first_line, lines)])
+
+
+def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> str:
+    """End the job and settle its build; returns the build's status."""
+    now = timezone.now()
+    with fenced(job_id, attempt):
+        Job.objects.filter(pk=job_id).update(
+            status=status, error=error, finished_at=now, lease_expires_at=None
+        )
+        build = Build.objects.select_for_update(of=("self",)).get(jobs__id=job_id)
+        build_settle(build, now)
+    return build.status
+
+
+def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pipeline:
+    """The pipeline read from the repository at the build's commit: validated
+    (PipelineError: nothing changes), kept as the build's snapshot, its steps created
+    after "clone", its `runs_on` as the job's labels. Fenced: only the worker that owns
+    this attempt plans it."""
+    parsed = load(pipeline, filename)
+    check_checkout_name(parsed)
+    with fenced(job_id, attempt):
+        job = Job.objects.select_related("build").get(pk=job_id)
+        Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
+        # Known only now: a worker without these labels hands the job back (worker.py).
+        Job.objects.filter(pk=job_id).update(labels=list(parsed.runs_on))
+        job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
+        create_steps(job, parsed, after_clone=True)
+    return parsed
+
+
+def build_set_changed_files(*, job_id: int, attempt: int, changed_files: list[str] | None) -> None:
+    """The files a pull request changes, as the worker's checkout found them (`git
+    diff base...head`), for `when: {path: ...}`; None: unknown. Fenced."""
+    with fenced(job_id, attempt):
+        Build.objects.filter(jobs__id=job_id).update(changed_files=changed_files)
 
 
 # ---------------------------------------------------------------------------

@@ -24,10 +24,10 @@ from django.db import (
 )
 from django.utils import timezone
 
-from builds import services
 from builds.live import Publisher, step_message
 from builds.models import Job
 from builds.pipeline import Step
+from runners import queue
 from runners.engine import BuildResult, StepResult
 from runners.lines import MASK, Masker
 
@@ -98,7 +98,7 @@ class LogSink:
 
     def state(self, step: str, **fields: Any) -> None:
         """Set fields of the step's state (the rest stay as last set)."""
-        state = self.states.setdefault(step, dict.fromkeys(services.STEP_STATE))
+        state = self.states.setdefault(step, dict.fromkeys(queue.STEP_STATE))
         state.update(fields)
         self.changed[step] = None
         self.since = self.since or time.monotonic()
@@ -154,7 +154,7 @@ class LogSink:
         def write(chunks: list[tuple[str, int, list[str]]]) -> None:
             # IntegrityError: stored by a try whose commit reply was lost; it is there once.
             with contextlib.suppress(IntegrityError):
-                services.job_report(
+                queue.job_report(
                     job_id=self.job_id,
                     attempt=self.attempt,
                     steps=steps,
@@ -228,7 +228,7 @@ class BuildReporter:
             return
         try:
             with_retry(call, what=what)
-        except services.LeaseLost:
+        except queue.LeaseLost:
             self.lost = True
             self.on_lost()
 

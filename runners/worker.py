@@ -62,7 +62,16 @@ from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
 from runners.lines import StepLog
 from runners.models import Runner
-from runners.queue import job_claim, job_heartbeat, job_release, jobs_reap
+from runners.queue import (
+    LeaseLost,
+    build_plan,
+    build_set_changed_files,
+    job_claim,
+    job_finish,
+    job_heartbeat,
+    job_release,
+    jobs_reap,
+)
 from runners.reporting import BuildReporter, with_retry
 from runners.workspace import (
     OWNER_FILE,
@@ -497,7 +506,7 @@ class Worker:
                 if build.pr_number is not None and (build.base_commit or build.target_branch):
                     files = checkout.changed_files(build.base_commit, build.target_branch)
                     with_retry(
-                        lambda: services.build_set_changed_files(
+                        lambda: build_set_changed_files(
                             job_id=job.pk, attempt=job.attempt, changed_files=files
                         ),
                         what="storing the changed files",
@@ -519,7 +528,7 @@ class Worker:
             error = f"the checkout failed: {exc}"
         except CheckoutCanceled:
             pass
-        except services.LeaseLost:
+        except LeaseLost:
             reporter.lost = True
         except _HandBack as back:
             handed_back = back.missing
@@ -566,7 +575,7 @@ class Worker:
         load(data, filename)  # the bytes as they are: the problems' positions are exact
         text = data.decode()
         return with_retry(
-            lambda: services.build_plan(
+            lambda: build_plan(
                 job_id=job.pk, attempt=job.attempt, pipeline=text, filename=filename
             ),
             what="planning the build",
@@ -612,11 +621,9 @@ class Worker:
             self._finish(job, str(result.status))
 
     def _finish(self, job: Job, status: str, error: str = "") -> None:
-        with contextlib.suppress(services.LeaseLost):
+        with contextlib.suppress(LeaseLost):
             build = with_retry(
-                lambda: services.job_finish(
-                    job_id=job.pk, attempt=job.attempt, status=status, error=error
-                ),
+                lambda: job_finish(job_id=job.pk, attempt=job.attempt, status=status, error=error),
                 what="finishing the job",
             )
             if self.publisher is not None:
@@ -721,7 +728,7 @@ class Worker:
         try:
             job_heartbeat(job_id=job.pk, attempt=job.attempt)
             running.renewed = time.monotonic()
-        except services.LeaseLost:
+        except LeaseLost:
             if running.reporter is not None:
                 running.reporter.lost = True
             canceled.add(job.build_id)

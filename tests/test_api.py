@@ -21,6 +21,7 @@ from builds import logs as log_module
 from builds import services
 from builds.models import Build, Job, LogChunk, Membership, Project, Role, Status
 from builds.pipeline import MAX_BYTES
+from runners import queue
 from tests.conftest import need
 from tests.helpers import goci, make_project, make_token, make_user
 
@@ -156,8 +157,8 @@ def start(build: Build, *, attempt: int = 1) -> Job:
 
 
 def log(job: Job, step: str, first_line: int, *lines: str) -> None:
-    services.step_start(job_id=job.pk, attempt=job.attempt, name=step)
-    services.log_append(
+    queue.step_start(job_id=job.pk, attempt=job.attempt, name=step)
+    queue.log_append(
         job_id=job.pk,
         attempt=job.attempt,
         step_id=job.steps.get(name=step).pk,
@@ -168,7 +169,7 @@ def log(job: Job, step: str, first_line: int, *lines: str) -> None:
 
 def finish(job: Job, status: str = Status.SUCCESS) -> None:
     for step in job.steps.all():
-        services.step_finish(
+        queue.step_finish(
             job_id=job.pk,
             attempt=job.attempt,
             name=step.name,
@@ -177,7 +178,7 @@ def finish(job: Job, status: str = Status.SUCCESS) -> None:
             error=None,
             started=True,
         )
-    services.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
+    queue.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
 
 
 # ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from builds.commit_status import (
 )
 from builds.models import Build, CommitStatus, Project, Status
 from builds.secrets import FORGE_TOKEN, secret_set
+from runners import queue
 from runners.queue import job_claim
 from runners.worker import Worker
 from tests.queue_helpers import make_project, require_postgres, start_worker, wait_for
@@ -155,14 +156,14 @@ def queue_build(project: Project, forge_name: str = "github", commit: str = SHA)
 
 
 def finish(build: Build, status: str) -> None:
-    """End the build's job as the worker would (services.job_finish settles it)."""
+    """End the build's job as the worker would (queue.job_finish settles it)."""
     if status == Status.CANCELED:
         services.build_cancel(build=build)
         return
     job = job_claim(worker="test")
     assert job is not None
     assert job.build_id == build.pk
-    services.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
+    queue.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
 
 
 def rows(build: Build) -> list[CommitStatus]:

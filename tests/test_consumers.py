@@ -17,10 +17,10 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from builds import services
 from builds.live import Publisher, build_group
 from builds.models import Job, Status, Step
 from builds.routing import websocket_urlpatterns
+from runners import queue
 from runners.engine import Status as EngineStatus
 from runners.engine import StepResult
 from runners.queue import job_claim
@@ -78,13 +78,13 @@ def make_world(hello_lines: int = 3) -> World:
     build = submit(project, TWO_STEPS)  # type: ignore[arg-type]
     job = job_claim(worker="w")
     assert job is not None
-    services.step_start(job_id=job.pk, attempt=1, name="hello")
+    queue.step_start(job_id=job.pk, attempt=1, name="hello")
     hello = Step.objects.get(job=job, name="hello").pk
     first = 1
     while first <= hello_lines:
         # As the sink stores them: batches of at most 2000 lines.
         batch = [f"line {n}" for n in range(first, min(first + 2000, hello_lines + 1))]
-        services.log_append(job_id=job.pk, attempt=1, step_id=hello, first_line=first, lines=batch)
+        queue.log_append(job_id=job.pk, attempt=1, step_id=hello, first_line=first, lines=batch)
         first += len(batch)
     return World(build.pk, job.pk, session_of(ann), session_of(make_user("mallory")))
 
@@ -219,7 +219,7 @@ async def test_a_page_of_an_older_attempt_gets_the_current_attempt_from_line_1()
         # The reaper gave the job to attempt 2, which has stored one line so far.
         Job.objects.filter(pk=world.job_id).update(attempt=2)
         hello = Step.objects.get(job_id=world.job_id, name="hello").pk
-        services.log_append(
+        queue.log_append(
             job_id=world.job_id, attempt=2, step_id=hello, first_line=1, lines=["again"]
         )
 

@@ -21,6 +21,7 @@ from django.test import Client
 from builds import consumers, services
 from builds.live import build_group
 from builds.models import Build, Job, Membership, Project, Step
+from runners import queue
 from tests.helpers import make_project, make_user
 from tests.test_consumers import (  # noqa: F401  (fresh_layer: autouse fixture)
     TIMEOUT,
@@ -49,9 +50,7 @@ async def receive_all(ws: Any, quiet: float = 0.5) -> list[str]:
 @sync_to_async
 def store(world: World, first: int, lines: list[str]) -> None:
     hello = Step.objects.get(job_id=world.job_id, name="hello").pk
-    services.log_append(
-        job_id=world.job_id, attempt=1, step_id=hello, first_line=first, lines=lines
-    )
+    queue.log_append(job_id=world.job_id, attempt=1, step_id=hello, first_line=first, lines=lines)
 
 
 async def store_and_publish(world: World, first: int, lines: list[str]) -> None:

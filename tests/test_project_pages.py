@@ -13,6 +13,7 @@ from django.test import Client
 
 from builds import services
 from builds.models import Build, Membership, Project, Role, Status
+from runners import queue
 from runners.queue import job_claim
 from tests.helpers import make_project, make_user
 from tests.queue_helpers import submit
@@ -56,7 +57,7 @@ def roles(project: Project) -> dict[str, str]:
 def finish(build: Build, status: str) -> None:
     job = job_claim(worker="w")
     assert job is not None
-    services.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
+    queue.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from builds import services
 from builds.models import Build, Job, LogChunk, Status, Step
+from runners import queue
 from runners.owner import owner_label
 from runners.queue import RUNNER_LOST, job_claim, job_heartbeat, jobs_reap
 from runners.reporting import LogSink, Masker
@@ -71,7 +72,7 @@ def test_the_reaper_requeues_an_expired_job_as_the_next_attempt() -> None:
     build = submit(make_project(), TWO_STEPS)
     job = job_claim(worker="w1")
     assert job is not None
-    services.step_start(job_id=job.pk, attempt=1, name="hello")
+    queue.step_start(job_id=job.pk, attempt=1, name="hello")
     Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert jobs_reap() == 1
     job.refresh_from_db()
@@ -89,13 +90,13 @@ def test_late_writes_of_a_lost_attempt_are_refused() -> None:
     step = Step.objects.get(job=job, name="hello")
     Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     jobs_reap()
-    with pytest.raises(services.LeaseLost):
-        services.log_append(job_id=job.pk, attempt=1, step_id=step.pk, first_line=1, lines=["x"])
-    with pytest.raises(services.LeaseLost):
-        services.step_start(job_id=job.pk, attempt=1, name="hello")
-    with pytest.raises(services.LeaseLost):
-        services.job_finish(job_id=job.pk, attempt=1, status=Status.SUCCESS)
-    with pytest.raises(services.LeaseLost):
+    with pytest.raises(queue.LeaseLost):
+        queue.log_append(job_id=job.pk, attempt=1, step_id=step.pk, first_line=1, lines=["x"])
+    with pytest.raises(queue.LeaseLost):
+        queue.step_start(job_id=job.pk, attempt=1, name="hello")
+    with pytest.raises(queue.LeaseLost):
+        queue.job_finish(job_id=job.pk, attempt=1, status=Status.SUCCESS)
+    with pytest.raises(queue.LeaseLost):
         job_heartbeat(job_id=job.pk, attempt=1)
     assert not LogChunk.objects.exists()
 
@@ -106,7 +107,7 @@ def test_after_the_last_attempt_the_job_ends_in_error_runner_lost() -> None:
     for _ in range(2):
         job = job_claim(worker="w")
         assert job is not None
-        services.step_start(job_id=job.pk, attempt=job.attempt, name="hello")
+        queue.step_start(job_id=job.pk, attempt=job.attempt, name="hello")
         Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(1))
         jobs_reap()
     job.refresh_from_db()

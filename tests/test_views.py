@@ -11,8 +11,8 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from builds import services
 from builds.models import Build, Job, Project, Status, Step
+from runners import queue
 from runners.queue import job_claim
 from runners.worker import Worker
 from tests.helpers import make_project, make_user
@@ -71,8 +71,8 @@ def finish(build: Build, status: str = Status.SUCCESS) -> None:
     assert job is not None
     assert job.build_id == build.pk
     for step in Step.objects.filter(job=job):
-        services.step_start(job_id=job.pk, attempt=job.attempt, name=step.name)
-        services.step_finish(
+        queue.step_start(job_id=job.pk, attempt=job.attempt, name=step.name)
+        queue.step_finish(
             job_id=job.pk,
             attempt=job.attempt,
             name=step.name,
@@ -81,7 +81,7 @@ def finish(build: Build, status: str = Status.SUCCESS) -> None:
             error=None,
             started=True,
         )
-    services.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
+    queue.job_finish(job_id=job.pk, attempt=job.attempt, status=status)
     build.refresh_from_db()
 
 
@@ -387,8 +387,8 @@ def test_the_build_page_follows_the_markup_contract_of_logview_js(
     job = job_claim(worker="w")
     assert job is not None
     hello = Step.objects.get(job=job, name="hello")
-    services.log_append(job_id=job.pk, attempt=1, step_id=hello.pk, first_line=1, lines=["a", "b"])
-    services.log_append(job_id=job.pk, attempt=1, step_id=hello.pk, first_line=3, lines=["c"])
+    queue.log_append(job_id=job.pk, attempt=1, step_id=hello.pk, first_line=1, lines=["a", "b"])
+    queue.log_append(job_id=job.pk, attempt=1, step_id=hello.pk, first_line=3, lines=["c"])
     page = html(owner.get(f"/builds/{build.pk}/"))
     assert (
         f'<div id="build" data-build-id="{build.pk}" data-ws-url="/ws/builds/{build.pk}/" '
@@ -518,11 +518,11 @@ def test_a_steps_raw_log_is_a_text_file_of_its_current_attempt(
     job = job_claim(worker="w")
     assert job is not None
     count = Step.objects.get(job=job, name="count")
-    services.log_append(job_id=job.pk, attempt=1, step_id=count.pk, first_line=1, lines=["old"])
+    queue.log_append(job_id=job.pk, attempt=1, step_id=count.pk, first_line=1, lines=["old"])
     # The job was taken over: attempt 2 starts its lines from 1 again.
     Job.objects.filter(pk=job.pk).update(attempt=2)
-    services.log_append(job_id=job.pk, attempt=2, step_id=count.pk, first_line=1, lines=["1", "2"])
-    services.log_append(job_id=job.pk, attempt=2, step_id=count.pk, first_line=3, lines=["3"])
+    queue.log_append(job_id=job.pk, attempt=2, step_id=count.pk, first_line=1, lines=["1", "2"])
+    queue.log_append(job_id=job.pk, attempt=2, step_id=count.pk, first_line=3, lines=["3"])
     response = owner.get(f"/builds/{build.pk}/steps/1/raw")
     assert response.status_code == 200
     assert response["Content-Type"] == "text/plain; charset=utf-8"
@@ -537,7 +537,7 @@ def test_the_whole_log_has_every_step_under_a_header(owner: Client, project: Pro
     assert job is not None
     for step, lines in (("hello", ["hello"]), ("count", ["1", "2"])):
         step_id = Step.objects.get(job=job, name=step).pk
-        services.log_append(job_id=job.pk, attempt=1, step_id=step_id, first_line=1, lines=lines)
+        queue.log_append(job_id=job.pk, attempt=1, step_id=step_id, first_line=1, lines=lines)
     response = owner.get(f"/builds/{build.pk}/log.txt")
     assert response["Content-Disposition"] == 'attachment; filename="web-1.log"'
     text = b"".join(response.streaming_content).decode()

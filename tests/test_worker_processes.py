@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from builds import services
 from builds.models import FINISHED, Build, Job, Status, Step
+from runners import queue
 from tests.conftest import ON_CI, need
 from tests.queue_helpers import (
     log_lines,
@@ -98,10 +98,10 @@ def test_a_killed_worker_s_job_runs_again_as_attempt_2_elsewhere(tmp_path: Path)
     step = Step.objects.get(job=job)
     assert log_lines(step, attempt=2) == [(1, "finished")]
     # The first attempt's writes are refused from now on: its log stays as it was.
-    with pytest.raises(services.LeaseLost):
-        services.log_append(job_id=job.pk, attempt=1, step_id=step.pk, first_line=1, lines=["x"])
-    with pytest.raises(services.LeaseLost):
-        services.job_finish(job_id=job.pk, attempt=1, status=Status.FAILURE)
+    with pytest.raises(queue.LeaseLost):
+        queue.log_append(job_id=job.pk, attempt=1, step_id=step.pk, first_line=1, lines=["x"])
+    with pytest.raises(queue.LeaseLost):
+        queue.job_finish(job_id=job.pk, attempt=1, status=Status.FAILURE)
     assert build_status(build) == Status.SUCCESS
 
 
