@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import BooleanField, Exists, F, Q, QuerySet, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
@@ -189,16 +189,17 @@ def job_release(*, job_id: int, attempt: int) -> None:
 
 
 @contextlib.contextmanager
-def fenced(job_id: int, attempt: int) -> Iterator[None]:
-    """One transaction of the worker that owns this attempt of the job, or LeaseLost.
-    Its first statement locks the job row and renews the lease; the reaper takes the
-    same lock to move a job on, so each write either lands before it or is refused.
-    Several writes share the one commit (a step's start, a log batch and its end)."""
+def fenced(job_id: int, attempt: int, runner: Runner | None = None) -> Iterator[None]:
+    """One transaction of the worker that owns this attempt of the job (and with a
+    `runner`, only if that runner holds it), or LeaseLost. Its first statement locks
+    the job row and renews the lease; the reaper takes the same lock to move a job on,
+    so each write either lands before it or is refused. Several writes share the one
+    commit (a step's start, a log batch and its end)."""
     with transaction.atomic():
-        owned = Job.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING).update(
-            lease_expires_at=lease_deadline()
-        )
-        if not owned:
+        held = Job.objects.filter(pk=job_id, attempt=attempt, status=Status.RUNNING)
+        if runner is not None:
+            held = held.filter(runner=runner)
+        if not held.update(lease_expires_at=lease_deadline()):
             raise LeaseLost(f"job {job_id} attempt {attempt} is no longer ours")
         yield
 
@@ -219,20 +220,28 @@ def job_report(
     changed (step id -> every field of STEP_STATE). A retry whose first try did
     commit fails on a batch's unique key, having written nothing twice."""
     with fenced(job_id, attempt):
-        if chunks:
-            LogChunk.objects.bulk_create(
-                LogChunk(
-                    step_id=step_id,
-                    attempt=attempt,
-                    first_line=first,
-                    line_count=len(lines),
-                    text="\n".join(lines),
-                )
-                for step_id, first, lines in chunks
+        _write(attempt, steps or {}, chunks)
+
+
+def _write(
+    attempt: int,
+    steps: Mapping[int, Mapping[str, Any]],
+    chunks: Sequence[tuple[int, int, Sequence[str]]],
+) -> None:
+    if chunks:
+        LogChunk.objects.bulk_create(
+            LogChunk(
+                step_id=step_id,
+                attempt=attempt,
+                first_line=first,
+                line_count=len(lines),
+                text="\n".join(lines),
             )
-        # An UPDATE each: bulk_update's CASE expressions cost ~5 ms of Python a step.
-        for step_id, state in (steps or {}).items():
-            Step.objects.filter(pk=step_id).update(**state)
+            for step_id, first, lines in chunks
+        )
+    # An UPDATE each: bulk_update's CASE expressions cost ~5 ms of Python a step.
+    for step_id, state in steps.items():
+        Step.objects.filter(pk=step_id).update(**state)
 
 
 def step_start(*, job_id: int, attempt: int, name: str, image: str = "") -> None:
@@ -373,27 +382,25 @@ def runner_report(
     steps: Mapping[int, Mapping[str, Any]],
     chunks: Sequence[tuple[int, int, Sequence[str]]],
 ) -> None:
-    """Store step states and log batches (services.job_report), each line once however
-    often a batch is sent. Step ids must be the job's (InvalidRequest)."""
-    runner_check(runner=runner, job_id=job_id, attempt=attempt)
-    own = set(Step.objects.filter(job_id=job_id).values_list("pk", flat=True))
-    if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - own):
-        raise InvalidRequest(f"step {strangers[0]} is not a step of job {job_id}")
-    for retry in (False, True):
-        batches = [
-            piece
-            for step, first, lines in chunks
-            if lines
-            for piece in _unstored(step, attempt, first, lines)
-        ]
-        try:
-            job_report(job_id=job_id, attempt=attempt, steps=steps, chunks=batches)
-        except IntegrityError:
-            # The same batch stored meanwhile by a concurrent resend: trim it again.
-            if retry:
-                raise
-        else:
-            return
+    """Store step states and log batches in one fenced transaction, each line once
+    however often a batch is sent: the job row's lock orders concurrent resends, and
+    each stores only the lines not stored yet. Step ids must be the job's
+    (InvalidRequest)."""
+    try:
+        with fenced(job_id, attempt, runner):
+            own = set(Step.objects.filter(job_id=job_id).values_list("pk", flat=True))
+            if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - own):
+                raise InvalidRequest(f"step {strangers[0]} is not a step of job {job_id}")
+            batches = [
+                piece
+                for step, first, lines in chunks
+                if lines
+                for piece in _unstored(step, attempt, first, lines)
+            ]
+            _write(attempt, steps, batches)
+    except LeaseLost:
+        runner_check(runner=runner, job_id=job_id, attempt=attempt)  # 404 or 409: which
+        raise
 
 
 def runner_finish(*, runner: Runner, job_id: int, attempt: int, status: str, error: str) -> str:
