@@ -34,14 +34,23 @@ from pathlib import Path
 from typing import Any
 
 import goci
-from builds.pipeline import Pipeline, PipelineError, load
+from builds.clone_urls import CloneUrlRefused, check_clone_url
+from builds.pipeline import MAX_BYTES, Pipeline, PipelineError, load, with_secret_values
 from builds.pipeline import Step as PipelineStep
 from runners import workspace as workspaces
+from runners.checkout import (
+    KNOWN_HOSTS,
+    Checkout,
+    CheckoutCanceled,
+    CheckoutError,
+    Credentials,
+    read_pipeline,
+)
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage
 from runners.executors.local import LocalExecutor
-from runners.lines import DEFAULT_LOG_CAP, Masker
+from runners.lines import DEFAULT_LOG_CAP, Masker, StepLog
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ MAX_LINES = 10_000
 CHECK_EVERY = 2.0
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0
 CHECKOUT_STEP = "clone"  # builds.services.CHECKOUT_STEP (a Django module)
-CHECKOUT_UNSUPPORTED = "this runner cannot check out yet; run it on a worker"
+RELEASE_TRIES = 3  # a job handed back at shutdown: else its lease expiry does it
 
 
 class RunnerError(Exception):
@@ -94,9 +103,15 @@ class Config:
     host_steps: str = "deny"  # "allow": steps without image run in this machine's shell
     default_image: str = ""  # else, steps without image run in this image
     workspace_root: str = ""  # default: a directory beside the config file
+    # Hosts (host or host:port, commas) the checkout may reach though they resolve to
+    # internal addresses, as the server's GOCI_CLONE_ALLOWED_HOSTS, on this network.
+    clone_allowed_hosts: str = ""
 
     def workspaces(self, config_path: Path) -> Path:
         return Path(self.workspace_root or config_path.parent / "workspaces").expanduser()
+
+    def allowed_hosts(self) -> list[str]:
+        return [host.strip() for host in self.clone_allowed_hosts.split(",") if host.strip()]
 
 
 def _toml_string(value: str) -> str:
@@ -140,6 +155,9 @@ def read_config(path: Path) -> Config:
     config.host_steps = os.environ.get("GOCI_HOST_STEPS", config.host_steps).strip().lower()
     config.default_image = os.environ.get("GOCI_DEFAULT_IMAGE", config.default_image)
     config.workspace_root = os.environ.get("GOCI_WORKSPACE_ROOT", config.workspace_root)
+    config.clone_allowed_hosts = os.environ.get(
+        "GOCI_CLONE_ALLOWED_HOSTS", config.clone_allowed_hosts
+    )
     if config.host_steps not in ("allow", "deny"):
         raise RunnerError(f"host_steps must be 'allow' or 'deny', not {config.host_steps!r}")
     return config
@@ -504,8 +522,9 @@ class Job:
     client: Client
     lease_seconds: float
     engine: Engine | None = None
+    checkout: threading.Event | None = None  # set: stop the checkout
     reporter: HttpReporter | None = None
-    release: bool = False  # shutting down: leave it to the lease expiry, do not finish it
+    release: bool = False  # shutting down: hand it back (`release`), do not finish it
     gone: threading.Event = field(default_factory=threading.Event)  # taken, or given up
     renewed: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
@@ -523,8 +542,14 @@ class Job:
         return {step["name"]: int(step["id"]) for step in self.payload["steps"]}
 
     def cancel(self) -> None:
+        if self.checkout is not None:
+            self.checkout.set()
         if self.engine is not None:
             self.engine.cancel()
+
+    def call(self, what: str, body: object = None) -> Any:
+        """A call about this attempt (ApiError, Stopped once the job is gone)."""
+        return self.client.call(f"/jobs/{self.id}/{self.attempt}/{what}", body, stop=self.gone)[1]
 
     def lose(self) -> None:
         """The attempt is no longer ours: stop, write nothing more."""
@@ -546,6 +571,7 @@ class Runner:
         self.client = Client(config.server, config.token)
         self.capacity = max(1, config.capacity)
         self.root = config.workspaces(config_path)
+        self.known_hosts = config_path.expanduser().parent / KNOWN_HOSTS
         self.grace = grace
         self.stopping = threading.Event()
         self.fatal: str | None = None
@@ -581,7 +607,9 @@ class Runner:
                 except (OSError, http.client.HTTPException) as exc:
                     status, payload = 0, {"detail": str(exc)}
                 if self.stopping.is_set():
-                    break  # a job answered now is lost with the poll: its lease hands it back
+                    if status == 200:  # answered as we stopped: back to the queue at once
+                        self._release(Job(payload, self.client, 0.0))
+                    break
                 if status == 200:
                     attempt = 0
                     job = Job(payload, self.client, float(payload["lease_seconds"]))
@@ -625,9 +653,9 @@ class Runner:
             job.done.wait(max(deadline - time.monotonic(), 0))
         for job in self._jobs():
             if not job.done.is_set():
-                log.warning("job %s still running after the grace: left to its lease", job.id)
+                log.warning("job %s still running after the grace: handed back", job.id)
                 job.release = True
-                job.lose()
+                job.cancel()
 
     def _jobs(self) -> list[Job]:
         with self._lock:
@@ -669,36 +697,50 @@ class Runner:
 
     def _execute(self, job: Job) -> None:
         payload = job.payload
-        token = str(payload["job_token"])
-        if payload["checkout"]:
-            self._refuse(job, CHECKOUT_UNSUPPORTED, (CHECKOUT_STEP,))
-            return
+        pipeline = None
+        if payload["pipeline"]:  # else the checkout reads it from the repository
+            try:
+                pipeline = load(payload["pipeline"], payload["pipeline_path"])
+            except PipelineError as exc:
+                self._refuse(job, f"the pipeline is no longer valid: {exc}", ())
+                return
+        workspace = workspaces.make_workspace(self.root, f"job{job.id}-a{job.attempt}")
         try:
-            pipeline = load(payload["pipeline"], payload["pipeline_path"])
-        except PipelineError as exc:
-            self._refuse(job, f"the pipeline is no longer valid: {exc}", ())
+            if payload["checkout"]:
+                pipeline = self._checkout(job, workspace, pipeline)
+                if pipeline is None:  # the job ended there (or was handed back, or lost)
+                    return
+            assert pipeline is not None  # the server sends a pipeline or a checkout
+            self._run_pipeline(job, pipeline, workspace)
+        finally:
+            workspaces.remove_workspace(workspace)
+
+    def _run_pipeline(self, job: Job, pipeline: Pipeline, workspace: Path) -> None:
+        payload = job.payload
+        token = str(payload["job_token"])
+        secrets: dict[str, str] = payload.get("secrets") or {}
+        names = [step.name for step in pipeline.steps]
+        if payload.get("secrets_error"):
+            self._refuse(job, str(payload["secrets_error"]), (), names)
             return
+        if secrets:
+            pipeline = with_secret_values(pipeline, secrets)
         hostless = [step.name for step in pipeline.steps if step.image is None]
         if hostless and self.config.host_steps != "allow":
             if not self.config.default_image:
-                self._refuse(
-                    job, f"{NO_HOST_STEPS} (steps without image: {', '.join(hostless)})", hostless
-                )
+                why = f"{NO_HOST_STEPS} (steps without image: {', '.join(hostless)})"
+                self._refuse(job, why, hostless, names)
                 return
             steps = tuple(
                 s if s.image else dataclasses.replace(s, image=self.config.default_image)
                 for s in pipeline.steps
             )
             pipeline = dataclasses.replace(pipeline, steps=steps)
-        workspace = workspaces.make_workspace(self.root, f"job{job.id}-a{job.attempt}")
-        try:
-            self._run_pipeline(job, pipeline, workspace, token)
-        finally:
-            workspaces.remove_workspace(workspace)
-
-    def _run_pipeline(self, job: Job, pipeline: Pipeline, workspace: Path, token: str) -> None:
         reporter = HttpReporter(
-            job, [token], on_lost=job.lose, on_finished=lambda r: self._finish(job, str(r.status))
+            job,
+            [*secrets.values(), token],
+            on_lost=job.lose,
+            on_finished=lambda r: self._finish(job, str(r.status)),
         )
         job.reporter = reporter
         try:
@@ -706,7 +748,6 @@ class Runner:
         except Exception as exc:  # noqa: BLE001  (Docker unreachable: every step says why)
             self._abandon(job, reporter, pipeline, str(exc))
             return
-        payload = job.payload
         engine = Engine(
             pipeline,
             executor,
@@ -718,13 +759,149 @@ class Runner:
             changed_files=payload["changed_files"],
         )
         job.engine = engine
-        if job.gone.is_set():
+        if job.gone.is_set() or job.release:
             engine.cancel()
         try:
             engine.run()
         except Exception as exc:
             log.exception("job %s failed in the runner", job.id)
             self._abandon(job, reporter, pipeline, f"Goci failed while running it: {exc}")
+
+    # -- the checkout (the step "clone"), as the worker's --
+
+    def _checkout(self, job: Job, workspace: Path, pipeline: Pipeline | None) -> Pipeline | None:
+        """Fetch the build's commit into the workspace as the step "clone"; read the
+        pipeline from it if the build has none yet (`plan`), and send a pull request's
+        changed files. The pipeline, or None if the job ended here."""
+        payload, clone_info = job.payload, job.payload["clone"] or {}
+        clone = PipelineStep(name=CHECKOUT_STEP, run="", index=0)
+        credentials = Credentials(
+            token=str(clone_info.get("token", "")), ssh_key=str(clone_info.get("ssh_key", ""))
+        )
+        cancel = threading.Event()
+        reporter = HttpReporter(job, credentials.secrets(), on_lost=job.lose)
+        job.reporter = reporter
+        if pipeline is not None and not pipeline.clone:  # a retry of a build planned so
+            skipped = StepResult(
+                clone.name, Outcome.SKIPPED, error="the pipeline says clone: false"
+            )
+            reporter.step_finished(clone, skipped)
+            reporter.flush()
+            reporter.close()
+            return None if reporter.lost else pipeline
+        step_log = StepLog(
+            lambda first, lines: reporter.step_log(clone, first, lines, time.time()),
+            cap=DEFAULT_LOG_CAP,
+        )
+        job.checkout = cancel
+        if job.gone.is_set() or job.release:
+            cancel.set()
+        reporter.step_started(clone, 1)
+        error: str | None = None
+        missing: list[str] = []
+        try:
+            if clone_info.get("error"):
+                raise CheckoutError(str(clone_info["error"]))
+            target = check_clone_url(str(payload["repo_url"]), self.config.allowed_hosts())
+            with Checkout(
+                workspace,
+                target,
+                commit=str(payload["commit"]),
+                ref=str(clone_info.get("fetch_ref", "")),
+                credentials=credentials,
+                known_hosts=self.known_hosts,
+                output=step_log.write,
+                idle=reporter.idle,
+                cancel=cancel,
+                exclude=[workspaces.OWNER_FILE],
+            ) as checkout:
+                checkout.fetch(pipeline.clone_depth if pipeline is not None else 1)
+                base, target_branch = clone_info.get("base_commit"), clone_info.get("target_branch")
+                if clone_info.get("pull_request") and (base or target_branch):
+                    files = checkout.changed_files(str(base or ""), str(target_branch or ""))
+                    job.call("changed-files", {"changed_files": files})
+                    payload["changed_files"] = files
+                if pipeline is None:
+                    pipeline, missing = self._plan(job, checkout)
+                if not missing and not pipeline.clone:
+                    workspaces.empty_workspace(workspace)
+                    step_log.write(
+                        b"[goci] clone: false - the files were fetched only to "
+                        b"read the pipeline, and are removed\n"
+                    )
+                elif not missing:
+                    checkout.deepen(pipeline.clone_depth)
+        except CloneUrlRefused as exc:
+            error = f"the clone URL is refused: {exc}"
+        except (CheckoutError, PipelineError) as exc:
+            error = str(exc)
+        except ApiError as exc:
+            if exc.status in (401, 404, 409):
+                job.lose()
+            else:  # 422: the server refused the pipeline (it says why) or the files
+                error = exc.detail
+        except Stopped:
+            job.lose()
+        except OSError as exc:  # the workspace or a temporary directory
+            error = f"the checkout failed: {exc}"
+        except CheckoutCanceled:
+            pass
+        finally:
+            job.checkout = None
+        if error is not None:
+            step_log.write(f"{error}\n".encode())
+        if missing:
+            # The pipeline's runs_on, read only now, needs labels this runner lacks: the
+            # job goes back to the queue with them, for a runner that has them all.
+            step_log.write(
+                f"[goci] runs_on needs [{', '.join(missing)}], which this runner "
+                f"({self.config.name}) does not have: back to the queue for a runner "
+                "that has\n".encode()
+            )
+        step_log.end_attempt()
+        if job.gone.is_set():
+            reporter.close()
+            return None
+        if missing or (error is None and cancel.is_set() and job.release):
+            reporter.flush()
+            reporter.close()
+            self._release(job)
+            return None
+        if error is None and not cancel.is_set():
+            assert pipeline is not None
+            reporter.step_finished(clone, StepResult(clone.name, Outcome.SUCCESS))
+            reporter.flush()
+            reporter.close()
+            return None if reporter.lost else pipeline
+        if error is None:
+            ended = StepResult(clone.name, Outcome.CANCELED)
+            reason, status = "the pipeline was canceled", "canceled"
+        else:
+            ended = StepResult(clone.name, Outcome.ERROR, error=error)
+            reason, status = f"'{clone.name}' could not run", "error"
+        reporter.step_finished(clone, ended)
+        for step in pipeline.steps if pipeline is not None else ():
+            reporter.step_finished(step, StepResult(step.name, Outcome.SKIPPED, error=reason))
+        with contextlib.suppress(Exception):
+            reporter.flush()
+        reporter.close()
+        if not reporter.lost:
+            self._finish(job, status, reporter.mask.text(error or ""))
+        return None
+
+    def _plan(self, job: Job, checkout: Checkout) -> tuple[Pipeline, list[str]]:
+        """The commit's pipeline file, checked here and sent to the server (`plan`),
+        which stores it with its steps: their ids, the secrets and the labels missing
+        come back (PipelineError, CheckoutError, ApiError)."""
+        payload = job.payload
+        path = str(payload["pipeline_path"])
+        filename, data = read_pipeline(checkout, path, str(payload["commit"]), MAX_BYTES)
+        pipeline = load(data, filename)  # the bytes as they are: exact positions
+        answer = job.call("plan", {"pipeline": data.decode(), "filename": filename})
+        payload["steps"] = answer["steps"]
+        payload["secrets"] = answer["secrets"]
+        payload["secrets_error"] = answer["secrets_error"]
+        return pipeline, list(answer["missing_labels"])
 
     def _executor(self, pipeline: Pipeline, workspace: Path) -> Executor:
         containers = None
@@ -739,7 +916,10 @@ class Runner:
         return ByImage(local, containers)
 
     def _finish(self, job: Job, status: str, error: str = "") -> None:
-        if job.release or job.gone.is_set():
+        if job.gone.is_set():
+            return
+        if job.release:
+            self._release(job)
             return
         try:
             job.client.call(
@@ -750,11 +930,31 @@ class Runner:
         except (ApiError, Stopped) as exc:
             log.warning("job %s attempt %s not finished: %s", job.id, job.attempt, exc)
 
-    def _refuse(self, job: Job, error: str, culprits: Sequence[str]) -> None:
-        """End the job before any step runs, every step with the reason."""
+    def _release(self, job: Job) -> None:
+        """Hand the job back to the queue (attempt + 1), a few tries at most: a server
+        out of reach gets it back when the lease expires."""
+        for attempt in range(RELEASE_TRIES):
+            try:
+                status, answer = job.client.once(f"/jobs/{job.id}/{job.attempt}/release")
+            except (OSError, http.client.HTTPException) as exc:
+                status, answer = 0, {"detail": str(exc)}
+            if status < 500 and status not in (0, 429):
+                if status != 204:
+                    log.warning("job %s not handed back: %s", job.id, answer)
+                return
+            time.sleep(backoff(attempt))
+        log.warning("job %s not handed back (server unreachable): left to its lease", job.id)
+
+    def _refuse(
+        self, job: Job, error: str, culprits: Sequence[str], names: Sequence[str] = ()
+    ) -> None:
+        """End the job before any of its steps run (those in `names`, else all), each
+        with the reason."""
         reporter = HttpReporter(job, [], on_lost=job.lose)
         for step in job.payload["steps"]:
             name = step["name"]
+            if names and name not in names:
+                continue
             fake = PipelineStep(name=name, run="", index=int(step["position"]))
             failed = name in culprits or not culprits
             status = Outcome.ERROR if failed else Outcome.SKIPPED

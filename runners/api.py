@@ -37,10 +37,12 @@ from pydantic_core import PydanticCustomError
 from builds import access_tokens, services
 from builds import api as user_api
 from builds.models import Job
-from builds.pipeline import PipelineError, load
+from builds.pipeline import MAX_BYTES, Pipeline, PipelineError, load
+from builds.secrets import CLONE_SSH_KEY, CLONE_TOKEN, SecretError, SecretRefused, secret_for_goci
 from goci.audit import context
 from runners import queue
 from runners import services as runner_services
+from runners.checkout import MAX_CHANGED_FILES as CHANGED_FILES_LIMIT
 from runners.lines import MAX_LINE_BYTES
 from runners.models import Runner
 from runners.reporting import storable
@@ -52,6 +54,8 @@ MAX_BATCH_LINES = 10_000
 MAX_ID = 2**63 - 1
 MAX_LINE = user_api.MAX_LINE
 MAX_ERROR = 10_000
+MAX_PIPELINE = MAX_BYTES  # characters of a pipeline read at checkout
+MAX_CHANGED_FILES = CHANGED_FILES_LIMIT
 
 
 class RunnerToken(HttpBearer):
@@ -177,6 +181,19 @@ class StepOut(Schema):
     image: str
 
 
+class CloneOut(Schema):
+    """What the step "clone" needs: the project's clone URL and credentials (its
+    GOCI_CLONE_TOKEN / GOCI_CLONE_SSH_KEY secrets: mask them), and what to fetch."""
+
+    fetch_ref: str = Field(description="The ref to fetch if the commit cannot be fetched by id.")
+    pull_request: bool
+    base_commit: str = Field(description="A pull request's base, for its changed files.")
+    target_branch: str
+    token: str
+    ssh_key: str
+    error: str = Field(description="Not '': the credentials could not be read; the clone fails so.")
+
+
 class JobOut(Schema):
     job_id: int
     attempt: int = Field(description="Name it, with job_id, in every call about this job.")
@@ -198,6 +215,36 @@ class JobOut(Schema):
     steps: list[StepOut]
     job_token: str = Field(description="GOCI_JOB_TOKEN: reads this build while it runs.")
     lease_seconds: int = Field(description="Renew the lease well within this (a third).")
+    secrets: dict[str, str] = Field(
+        description="The values of the secrets its steps may use, by name (none for a "
+        "fork's code, nor before `plan` when the pipeline is read at checkout). Mask them."
+    )
+    secrets_error: str = Field(description="Not '': why the secrets are refused; no step runs.")
+    clone: CloneOut | None = Field(description="With `checkout`: how to fetch the commit.")
+
+
+class PlanIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: Annotated[str, Field(max_length=MAX_PIPELINE), user_api.Storable]
+    filename: Annotated[str, Field(max_length=500), user_api.Storable]
+
+
+class PlanOut(Schema):
+    steps: list[StepOut] = Field(description="Every step of the job, 'clone' too, with ids.")
+    missing_labels: list[str] = Field(
+        description="Labels of `runs_on` this runner lacks: hand the job back (`release`)."
+    )
+    secrets: dict[str, str]
+    secrets_error: str
+
+
+class ChangedFilesIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    changed_files: list[Annotated[str, Field(max_length=4096), user_api.Storable]] | None = Field(
+        max_length=MAX_CHANGED_FILES, description="A pull request's changed files; null: unknown."
+    )
 
 
 class LeaseOut(Schema):
@@ -319,12 +366,11 @@ def _job_payload(job: Job) -> dict[str, Any]:
     )
 
     build = job.build
-    timeout = None
+    pipeline = None
     if build.pipeline:
-        try:
-            timeout = load(build.pipeline, build.project.pipeline_path).timeout
-        except PipelineError:
-            timeout = None  # the runner says so when it loads it
+        with contextlib.suppress(PipelineError):  # the runner says so when it loads it
+            pipeline = load(build.pipeline, build.project.pipeline_path)
+    timeout = pipeline.timeout if pipeline is not None else None
     lifetime = (timeout or JOB_TOKEN_LIFETIME) + JOB_TOKEN_SLACK
     return {
         "job_id": job.pk,
@@ -344,19 +390,59 @@ def _job_payload(job: Job) -> dict[str, Any]:
         "changed_files": build.changed_files,
         "labels": list(job.labels),
         "env": {**build.env, **server_env(build)},
-        "steps": [
-            {
-                "id": step.pk,
-                "name": step.name,
-                "position": step.position,
-                "needs": step.needs,
-                "image": step.image,
-            }
-            for step in sorted(job.steps.all(), key=lambda step: step.position)
-        ],
+        "steps": _steps(job),
         "job_token": access_tokens.issue_for_job(job, lifetime=lifetime),
         "lease_seconds": _lease_seconds(),
+        **_secrets(job, pipeline),
+        "clone": _clone(job) if build.checkout else None,
     }
+
+
+def _steps(job: Job) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": step.pk,
+            "name": step.name,
+            "position": step.position,
+            "needs": step.needs,
+            "image": step.image,
+        }
+        for step in sorted(job.steps.all(), key=lambda step: step.position)
+    ]
+
+
+def _secrets(job: Job, pipeline: Pipeline | None) -> dict[str, Any]:
+    """The job's secret values (worker.job_secrets), or why it may not have them."""
+    from runners.worker import job_secrets  # noqa: PLC0415
+
+    if pipeline is None:
+        return {"secrets": {}, "secrets_error": ""}
+    try:
+        return {"secrets": job_secrets(job.build, pipeline), "secrets_error": ""}
+    except (SecretRefused, SecretError) as exc:
+        return {"secrets": {}, "secrets_error": str(exc)}
+
+
+def _clone(job: Job) -> dict[str, Any]:
+    from runners.worker import fetch_ref  # noqa: PLC0415
+
+    build = job.build
+    out = {
+        "fetch_ref": fetch_ref(build),
+        "pull_request": build.pr_number is not None,
+        "base_commit": build.base_commit,
+        "target_branch": build.target_branch,
+        "token": "",
+        "ssh_key": "",
+        "error": "",
+    }
+    try:
+        out["token"] = secret_for_goci(build.project, CLONE_TOKEN) or ""
+        out["ssh_key"] = secret_for_goci(build.project, CLONE_SSH_KEY) or ""
+    except SecretError as exc:
+        out["token"] = out["ssh_key"] = ""
+        out["error"] = str(exc)
+    return out
 
 
 def _lease_seconds() -> int:
@@ -439,6 +525,56 @@ def report(
     return Reply(200, None)
 
 
+@runner_api.post("/jobs/{job_id}/{attempt}/plan", response={200: PlanOut, **FENCED}, tags=["jobs"])
+def plan(
+    request: HttpRequest, job_id: JobPath, attempt: AttemptPath, payload: PlanIn
+) -> dict[str, Any]:
+    """For a build whose pipeline is read at checkout: send the pipeline file of the
+    commit. It is validated (422 with every problem: end the job in error) and becomes
+    the build's, with its steps; the answer gives their ids, the job's secrets, and the
+    labels its `runs_on` needs that this runner lacks (then `release` the job)."""
+    runner = _runner(request)
+    parsed = queue.runner_plan(
+        runner=runner,
+        job_id=job_id,
+        attempt=attempt,
+        pipeline=payload.pipeline,
+        filename=payload.filename,
+    )
+    job = Job.objects.select_related("build__project").get(pk=job_id)
+    missing = sorted(set(parsed.runs_on) - set(runner.labels))
+    return {
+        "steps": _steps(job),
+        "missing_labels": missing,
+        **(_secrets(job, parsed) if not missing else {"secrets": {}, "secrets_error": ""}),
+    }
+
+
+@runner_api.post(
+    "/jobs/{job_id}/{attempt}/changed-files", response={204: None, **FENCED}, tags=["jobs"]
+)
+def changed_files(
+    request: HttpRequest, job_id: JobPath, attempt: AttemptPath, payload: ChangedFilesIn
+) -> Reply[None]:
+    """A pull request's changed files, as the checkout found them (`git diff
+    base...head`), for `when: {path: ...}`. Send them before `plan`."""
+    queue.runner_changed_files(
+        runner=_runner(request),
+        job_id=job_id,
+        attempt=attempt,
+        changed_files=payload.changed_files,
+    )
+    return Reply(204, None)
+
+
+@runner_api.post("/jobs/{job_id}/{attempt}/release", response={204: None, **FENCED}, tags=["jobs"])
+def release(request: HttpRequest, job_id: JobPath, attempt: AttemptPath) -> Reply[None]:
+    """Hand the job back to the queue, as the next attempt: a runner stopping before
+    its job ends, or one that lacks the labels of the pipeline read at checkout."""
+    queue.runner_release(runner=_runner(request), job_id=job_id, attempt=attempt)
+    return Reply(204, None)
+
+
 @runner_api.post(
     "/jobs/{job_id}/{attempt}/finish", response={200: FinishedOut, **FENCED}, tags=["jobs"]
 )
@@ -505,6 +641,11 @@ def _taken(request: HttpRequest, exc: queue.LeaseLost) -> HttpResponse:
         409,
         f"the job was taken: {exc} (its lease expired or it was handed back); stop it and clean up",
     )
+
+
+@runner_api.exception_handler(PipelineError)
+def _invalid_pipeline(request: HttpRequest, exc: PipelineError) -> HttpResponse:
+    return _error(422, str(exc), [{"message": str(exc)}])
 
 
 @runner_api.exception_handler(queue.NotHeld)

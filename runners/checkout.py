@@ -63,6 +63,11 @@ TOKEN_USER = "x-access-token"  # noqa: S105  (a user name)
 FETCHED_REF = "refs/goci/fetched"
 BASE_REF = "refs/goci/base"
 SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# The pipeline file read from the repository: the project's pipeline_path, and if that
+# is the default and missing, the other spelling.
+DEFAULT_PIPELINE = ".goci.yml"
+ALTERNATE_PIPELINE = ".goci.yaml"
+KNOWN_HOSTS = "ssh_known_hosts"  # SSH host keys trusted on first use, in the data dir
 # What servers say when they will not send a commit that no ref names (v0 protocol),
 # or that they do not have.
 _REFUSED_WANT = re.compile(
@@ -517,6 +522,23 @@ class Checkout:
             process.stderr.close()
         self._last = tail.text()
         return code
+
+
+def read_pipeline(checkout: Checkout, path: str, commit: str, limit: int) -> tuple[str, bytes]:
+    """The pipeline file of the fetched commit: (its name, its bytes, at most `limit`
+    + 1 of them), or CheckoutError saying what to add or set."""
+    data = checkout.read(path, limit)
+    if data is None and path == DEFAULT_PIPELINE:
+        data = checkout.read(ALTERNATE_PIPELINE, limit)
+        if data is not None:
+            return ALTERNATE_PIPELINE, data
+    if data is None:
+        also = f" (nor {ALTERNATE_PIPELINE})" if path == DEFAULT_PIPELINE else ""
+        raise CheckoutError(
+            f"{path}: no such file in commit {commit[:12]}{also}: add the "
+            "pipeline file to the repository, or set the project's pipeline path"
+        )
+    return path, data
 
 
 def _url_host(host: str) -> str:

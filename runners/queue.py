@@ -172,16 +172,20 @@ def jobs_reap() -> int:
     return reaped
 
 
-def job_release(*, job_id: int, attempt: int) -> None:
-    """A worker shutting down hands its job back: re-queued as the next attempt."""
+def job_release(*, job_id: int, attempt: int, runner: Runner | None = None) -> bool:
+    """A worker or runner shutting down (or lacking the labels of a pipeline read only
+    at checkout) hands its job back: re-queued as the next attempt. False if that
+    attempt was not running (with `runner`: not held by it)."""
     with transaction.atomic():
-        job = (
-            Job.objects.select_for_update()
-            .filter(Q(pk=job_id) & Q(attempt=attempt) & Q(status=Status.RUNNING))
-            .first()
+        held = Job.objects.select_for_update().filter(
+            Q(pk=job_id) & Q(attempt=attempt) & Q(status=Status.RUNNING)
         )
+        if runner is not None:
+            held = held.filter(runner=runner)
+        job = held.first()
         if job is not None:
             _requeue(job)
+    return job is not None
 
 
 # ---------------------------------------------------------------------------
@@ -291,14 +295,16 @@ def job_finish(*, job_id: int, attempt: int, status: str, error: str = "") -> st
     return build.status
 
 
-def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pipeline:
+def build_plan(
+    *, job_id: int, attempt: int, pipeline: str, filename: str, runner: Runner | None = None
+) -> Pipeline:
     """The pipeline read from the repository at the build's commit: validated
     (PipelineError: nothing changes), kept as the build's snapshot, its steps created
     after "clone", its `runs_on` as the job's labels. Fenced: only the worker that owns
     this attempt plans it."""
     parsed = load(pipeline, filename)
     check_checkout_name(parsed)
-    with fenced(job_id, attempt):
+    with fenced(job_id, attempt, runner):
         job = Job.objects.select_related("build").get(pk=job_id)
         Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
         # Known only now: a worker without these labels hands the job back (worker.py).
@@ -308,10 +314,12 @@ def build_plan(*, job_id: int, attempt: int, pipeline: str, filename: str) -> Pi
     return parsed
 
 
-def build_set_changed_files(*, job_id: int, attempt: int, changed_files: list[str] | None) -> None:
+def build_set_changed_files(
+    *, job_id: int, attempt: int, changed_files: list[str] | None, runner: Runner | None = None
+) -> None:
     """The files a pull request changes, as the worker's checkout found them (`git
     diff base...head`), for `when: {path: ...}`; None: unknown. Fenced."""
-    with fenced(job_id, attempt):
+    with fenced(job_id, attempt, runner):
         Build.objects.filter(jobs__id=job_id).update(changed_files=changed_files)
 
 
@@ -343,6 +351,16 @@ def runner_check(*, runner: Runner, job_id: int, attempt: int) -> None:
         raise NotHeld(f"job {job_id} not found")
     if job["attempt"] != attempt or job["status"] != Status.RUNNING:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer yours: it was taken")
+
+
+@contextlib.contextmanager
+def _held(runner: Runner, job_id: int, attempt: int) -> Iterator[None]:
+    """A fenced write of the runner's refused: NotHeld (404) or LeaseLost (409)."""
+    try:
+        yield
+    except LeaseLost:
+        runner_check(runner=runner, job_id=job_id, attempt=attempt)
+        raise
 
 
 def runner_lease(*, runner: Runner, job_id: int, attempt: int) -> bool:
@@ -386,21 +404,52 @@ def runner_report(
     however often a batch is sent: the job row's lock orders concurrent resends, and
     each stores only the lines not stored yet. Step ids must be the job's
     (InvalidRequest)."""
-    try:
-        with fenced(job_id, attempt, runner):
-            own = set(Step.objects.filter(job_id=job_id).values_list("pk", flat=True))
-            if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - own):
-                raise InvalidRequest(f"step {strangers[0]} is not a step of job {job_id}")
-            batches = [
-                piece
-                for step, first, lines in chunks
-                if lines
-                for piece in _unstored(step, attempt, first, lines)
-            ]
-            _write(attempt, steps, batches)
-    except LeaseLost:
-        runner_check(runner=runner, job_id=job_id, attempt=attempt)  # 404 or 409: which
-        raise
+    with _held(runner, job_id, attempt), fenced(job_id, attempt, runner):
+        own = set(Step.objects.filter(job_id=job_id).values_list("pk", flat=True))
+        if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - own):
+            raise InvalidRequest(f"step {strangers[0]} is not a step of job {job_id}")
+        batches = [
+            piece
+            for step, first, lines in chunks
+            if lines
+            for piece in _unstored(step, attempt, first, lines)
+        ]
+        _write(attempt, steps, batches)
+
+
+def runner_plan(
+    *, runner: Runner, job_id: int, attempt: int, pipeline: str, filename: str
+) -> Pipeline:
+    """build_plan for the runner that holds the attempt (PipelineError: nothing changes),
+    of a build whose pipeline is read at checkout only (InvalidRequest)."""
+    runner_check(runner=runner, job_id=job_id, attempt=attempt)  # 404 or 409 first
+    planned = Build.objects.filter(jobs__id=job_id).values_list("checkout", "pipeline").get()
+    if not planned[0] or planned[1]:
+        raise InvalidRequest(
+            f"job {job_id}'s build has its pipeline already (it came with `next`): "
+            "plan only a build whose pipeline is read at checkout"
+        )
+    with _held(runner, job_id, attempt):
+        return build_plan(
+            job_id=job_id, attempt=attempt, pipeline=pipeline, filename=filename, runner=runner
+        )
+
+
+def runner_changed_files(
+    *, runner: Runner, job_id: int, attempt: int, changed_files: list[str] | None
+) -> None:
+    with _held(runner, job_id, attempt):
+        build_set_changed_files(
+            job_id=job_id, attempt=attempt, changed_files=changed_files, runner=runner
+        )
+
+
+def runner_release(*, runner: Runner, job_id: int, attempt: int) -> None:
+    """Hand the job back to the queue (attempt + 1). Sent again, it answers 409: the
+    attempt is no longer current."""
+    if not job_release(job_id=job_id, attempt=attempt, runner=runner):
+        runner_check(runner=runner, job_id=job_id, attempt=attempt)
+        raise LeaseLost(f"job {job_id} attempt {attempt} is no longer running")
 
 
 def runner_finish(*, runner: Runner, job_id: int, attempt: int, status: str, error: str) -> str:

@@ -50,11 +50,13 @@ from builds.secrets import (
 )
 from runners import workspace as workspaces
 from runners.checkout import (
+    KNOWN_HOSTS,
     Checkout,
     CheckoutCanceled,
     CheckoutError,
     Credentials,
     pr_head_ref,
+    read_pipeline,
 )
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
@@ -96,12 +98,6 @@ MAX_RERUN_CHAIN = 100
 # bounds it if that check cannot tell: the pipeline's timeout, or a day, and a margin.
 JOB_TOKEN_LIFETIME = 24 * 3600
 JOB_TOKEN_SLACK = 600
-# The pipeline file read from the repository: the project's pipeline_path, and if that
-# is the default and missing, the other spelling.
-DEFAULT_PIPELINE = ".goci.yml"
-ALTERNATE_PIPELINE = ".goci.yaml"
-# SSH host keys, trusted on first use, under GOCI_DATA_DIR (docs/checkout.md).
-KNOWN_HOSTS = "ssh_known_hosts"
 
 
 @dataclass
@@ -352,32 +348,14 @@ class Worker:
     ) -> None:
         job = running.job
         build = job.build
-        values: dict[str, str] = {}
-        wanted = secrets_wanted(
-            pipeline,
-            branch=branch_of(build),
-            event=EVENTS.get(build.trigger, build.trigger),
-            changed_files=build.changed_files,
-            judge=True,
-        )
-        # A fork's code runs with no secret: the variables it asks for stay unset (as
-        # in GitHub Actions and Woodpecker), and the build page says why.
-        if wanted and not build.fork:
-            try:
-                values = with_retry(
-                    lambda: secrets_resolve(
-                        project=build.project,
-                        wanted=wanted,
-                        **secret_scope(build),
-                        branch=branch_of(build),
-                    ),
-                    what="reading secrets",
-                )
-            except (SecretRefused, SecretError) as exc:
-                # Before any step runs: every step shows why, and none ran without them.
-                unstarted = BuildReporter(job, steps, self.publisher, on_lost=lambda: None)
-                self._abandon(job, unstarted, pipeline, str(exc))
-                return
+        try:
+            values = with_retry(lambda: job_secrets(build, pipeline), what="reading secrets")
+        except (SecretRefused, SecretError) as exc:
+            # Before any step runs: every step shows why, and none ran without them.
+            unstarted = BuildReporter(job, steps, self.publisher, on_lost=lambda: None)
+            self._abandon(job, unstarted, pipeline, str(exc))
+            return
+        if values:
             pipeline = with_secret_values(pipeline, values)
         hostless = [step.name for step in pipeline.steps if step.image is None]
         if hostless and settings.GOCI_HOST_STEPS != "allow":
@@ -561,17 +539,7 @@ class Worker:
     def _plan(self, job: Job, checkout: Checkout, path: str) -> Pipeline:
         """The pipeline file of the commit, validated and stored as the build's, with its
         steps (PipelineError with every problem's file:line:column, CheckoutError)."""
-        filename = path
-        data = checkout.read(path, MAX_BYTES)
-        if data is None and path == DEFAULT_PIPELINE:
-            filename = ALTERNATE_PIPELINE
-            data = checkout.read(filename, MAX_BYTES)
-        if data is None:
-            also = f" (nor {ALTERNATE_PIPELINE})" if path == DEFAULT_PIPELINE else ""
-            raise CheckoutError(
-                f"{path}: no such file in commit {job.build.commit[:12]}{also}: add the "
-                "pipeline file to the repository, or set the project's pipeline path"
-            )
+        filename, data = read_pipeline(checkout, path, job.build.commit, MAX_BYTES)
         load(data, filename)  # the bytes as they are: the problems' positions are exact
         text = data.decode()
         return with_retry(
@@ -769,6 +737,24 @@ def secret_scope(build: Build) -> dict[str, Any]:
         origin = origin.rerun_of
     trigger = origin.trigger if origin is not None else build.trigger
     return {"event": EVENTS.get(trigger, trigger), "fork": build.fork}
+
+
+def job_secrets(build: Build, pipeline: Pipeline) -> dict[str, str]:
+    """The values of the secrets that the pipeline's steps may use in this build, by
+    name (SecretRefused, SecretError). None for a fork's code: the variables it asks
+    for stay unset (as in GitHub Actions and Woodpecker), and the build page says why."""
+    wanted = secrets_wanted(
+        pipeline,
+        branch=branch_of(build),
+        event=EVENTS.get(build.trigger, build.trigger),
+        changed_files=build.changed_files,
+        judge=True,
+    )
+    if not wanted or build.fork:
+        return {}
+    return secrets_resolve(
+        project=build.project, wanted=wanted, **secret_scope(build), branch=branch_of(build)
+    )
 
 
 def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:

@@ -158,7 +158,14 @@ def test_a_call_for_an_attempt_the_reaper_moved_on_gets_409_and_writes_nothing()
 
     step = job["steps"][0]["id"]
     body = {"chunks": [[step, 1, ["late"]]], "steps": {str(step): {"status": "running"}}}
-    for path, sent in (("lease", None), ("report", body), ("finish", {"status": "success"})):
+    for path, sent in (
+        ("lease", None),
+        ("report", body),
+        ("plan", {"pipeline": PIPELINE, "filename": ".goci.yml"}),
+        ("changed-files", {"changed_files": ["a"]}),
+        ("release", None),
+        ("finish", {"status": "success"}),
+    ):
         response = call("post", job_path(job, path), token, sent)
         assert response.status_code == 409, (path, response.content)
         assert response.json()["detail"].startswith("the job was taken")
@@ -178,6 +185,9 @@ def test_another_runners_job_is_not_found() -> None:
     for path, body in (
         ("lease", None),
         ("report", {"chunks": [[step, 1, ["x"]]]}),
+        ("plan", {"pipeline": PIPELINE, "filename": ".goci.yml"}),
+        ("changed-files", {"changed_files": ["a"]}),
+        ("release", None),
         ("finish", {"status": "failure"}),
     ):
         response = call("post", job_path(job, path), other, body)
@@ -186,6 +196,21 @@ def test_another_runners_job_is_not_found() -> None:
     assert call("post", "/jobs/999999/1/lease", mine).status_code == 404
     assert Job.objects.get(pk=job["job_id"]).status == Status.RUNNING
     assert not LogChunk.objects.exists()
+
+
+@pytest.mark.django_db
+def test_only_a_build_read_at_checkout_is_planned() -> None:
+    token = register()
+    submit(make_project(), PIPELINE)
+    job = claim(token)
+
+    other = "steps: [{name: other, run: 'true'}]"
+    response = call("post", job_path(job, "plan"), token, {"pipeline": other, "filename": "f"})
+
+    assert response.status_code == 422
+    assert "has its pipeline already" in response.json()["detail"]
+    assert Build.objects.get().pipeline == PIPELINE
+    assert [s.name for s in Step.objects.all()] == [s["name"] for s in job["steps"]]
 
 
 @pytest.mark.django_db
@@ -302,6 +327,16 @@ HOSTILE = [
     ("/jobs/{job}/{attempt}/report", {"steps": {S: {"error": "a\u0000"}}}, 422),
     ("/jobs/{job}/{attempt}/report", {"steps": {S: {"started_at": "soon"}}}, 422),
     ("/jobs/{job}/{attempt}/report", {"unknown": 1}, 422),
+    ("/jobs/{job}/{attempt}/plan", {"pipeline": "steps: [", "filename": ".goci.yml"}, 422),
+    ("/jobs/{job}/{attempt}/plan", {"pipeline": "a\u0000", "filename": ".goci.yml"}, 422),
+    ("/jobs/{job}/{attempt}/plan", '{"pipeline": "\\ud800", "filename": "f"}', 422),
+    ("/jobs/{job}/{attempt}/plan", {"pipeline": "x" * 1_048_577, "filename": "f"}, 422),
+    ("/jobs/{job}/{attempt}/plan", {"pipeline": "x" * 10_000_000, "filename": "f"}, 413),
+    ("/jobs/{job}/{attempt}/plan", {"pipeline": "steps: []"}, 422),
+    ("/jobs/{job}/{attempt}/changed-files", {"changed_files": ["a\u0000"]}, 422),
+    ("/jobs/{job}/{attempt}/changed-files", {"changed_files": ["a"] * 10_001}, 422),
+    ("/jobs/{job}/{attempt}/changed-files", {"changed_files": 10**400}, 422),
+    ("/jobs/{job}/{attempt}/changed-files", {}, 422),
     ("/jobs/{job}/{attempt}/finish", {"status": "running"}, 422),
     ("/jobs/{job}/{attempt}/finish", {}, 422),
     ("/jobs/{job}/{attempt}/finish", {"status": "error", "error": "x" * 10_001}, 422),
@@ -338,6 +373,9 @@ def test_the_runner_api_is_documented_in_its_own_openapi_schema() -> None:
         f"{V1}/next",
         f"{V1}/jobs/{{job_id}}/{{attempt}}/lease",
         f"{V1}/jobs/{{job_id}}/{{attempt}}/report",
+        f"{V1}/jobs/{{job_id}}/{{attempt}}/plan",
+        f"{V1}/jobs/{{job_id}}/{{attempt}}/changed-files",
+        f"{V1}/jobs/{{job_id}}/{{attempt}}/release",
         f"{V1}/jobs/{{job_id}}/{{attempt}}/finish",
     }
     assert Client().get(f"{V1}/docs").status_code == 200

@@ -1,7 +1,8 @@
 """`goci runner` (goci/runner.py) against a real server over HTTP: it registers into a
 private config file, takes builds with `run`, reports steps and log lines (each line
 stored once), obeys a cancel, runs `capacity` builds at once, stops and cleans up a job
-taken from it (409), finishes its job on SIGTERM, and unregisters. The client runs as
+taken from it (409), finishes its job on SIGTERM, and unregisters (checkouts and
+secrets: tests/test_runner_checkout.py). The client runs as
 a process of its own with no database settings, SECRET_KEY or Django."""
 
 from __future__ import annotations
@@ -261,18 +262,3 @@ def test_sigterm_lets_the_running_job_finish_then_exits(tmp_path: Path, live_ser
     build.refresh_from_db()
     assert build.status == Status.SUCCESS
     assert log_lines(step(build, "short")) == [(1, "started"), (2, "end")]
-
-
-def test_a_build_that_needs_a_checkout_ends_with_the_reason(
-    tmp_path: Path, live_server: Any
-) -> None:
-    config = register(tmp_path, live_server.url)
-    build = submit(make_project(), "steps: [{name: one, run: 'true'}]")
-    Build.objects.filter(pk=build.pk).update(checkout=True)
-
-    code, err = finished(start_runner(tmp_path, config, "--once"))
-
-    assert code == 0, err
-    build.refresh_from_db()
-    assert build.status == Status.ERROR
-    assert "cannot check out yet" in Job.objects.get(build=build).error
