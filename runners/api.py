@@ -46,9 +46,19 @@ from runners.checkout import MAX_CHANGED_FILES as CHANGED_FILES_LIMIT
 from runners.lines import MAX_LINE_BYTES
 from runners.models import Runner
 from runners.reporting import storable
+from runners.worker import (
+    JOB_TOKEN_LIFETIME,
+    JOB_TOKEN_SLACK,
+    REAP_EVERY,
+    QueueListener,
+    branch_of,
+    fetch_ref,
+    job_secrets,
+    server_env,
+)
 
 MAX_WAIT = 30  # seconds a `next` may wait for a job
-POLL_SECONDS = 3.0  # how often a waiting `next` looks again (other processes' submits)
+POLL_SECONDS = 3.0  # how often a waiting `next` looks again (SQLite; a lost NOTIFY)
 MAX_BODY = 2 * 1024 * 1024  # below DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
 MAX_BATCH_LINES = 10_000
 MAX_ID = 2**63 - 1
@@ -343,10 +353,38 @@ def _wake(**_: object) -> None:
 
 services.queue_changed.connect(_wake, weak=False, dispatch_uid="runner-api-wake")
 
+# Submits in other processes (on PostgreSQL): one LISTEN connection per web process,
+# opened by its first long poll. Expired leases are reaped by the long polls too, so a
+# server with remote runners and no worker still hands lost jobs on.
+_listener: QueueListener | None = None
+_reaped_at = 0.0
+
+
+def stop_listening() -> None:
+    """Close this process's LISTEN connection (tests, before their database goes)."""
+    global _listener  # noqa: PLW0603
+    with _waiters_lock:
+        listener, _listener = _listener, None
+    if listener is not None:
+        listener.stop()
+
+
+def _listen_and_reap() -> None:
+    global _listener, _reaped_at  # noqa: PLW0603  (one of each per process)
+    with _waiters_lock:
+        if _listener is None and connection.vendor == "postgresql":
+            _listener = QueueListener(_wake)
+        reap = time.monotonic() - _reaped_at >= REAP_EVERY
+        if reap:
+            _reaped_at = time.monotonic()
+    if reap:
+        queue.jobs_reap()
+
 
 def _look(runner_id: int) -> tuple[str, dict[str, Any] | None]:
     """("job", its payload), ("idle", None) to wait more, or ("stop", None)."""
     try:
+        _listen_and_reap()
         runner = Runner.objects.filter(pk=runner_id, revoked_at__isnull=True).first()
         if runner is None or runner.state != Runner.State.ACTIVE:
             return "stop", None
@@ -358,13 +396,6 @@ def _look(runner_id: int) -> tuple[str, dict[str, Any] | None]:
 
 
 def _job_payload(job: Job) -> dict[str, Any]:
-    from runners.worker import (  # noqa: PLC0415
-        JOB_TOKEN_LIFETIME,
-        JOB_TOKEN_SLACK,
-        branch_of,
-        server_env,
-    )
-
     build = job.build
     pipeline = None
     if build.pipeline:
@@ -413,8 +444,6 @@ def _steps(job: Job) -> list[dict[str, Any]]:
 
 def _secrets(job: Job, pipeline: Pipeline | None) -> dict[str, Any]:
     """The job's secret values (worker.job_secrets), or why it may not have them."""
-    from runners.worker import job_secrets  # noqa: PLC0415
-
     if pipeline is None:
         return {"secrets": {}, "secrets_error": ""}
     try:
@@ -424,8 +453,6 @@ def _secrets(job: Job, pipeline: Pipeline | None) -> dict[str, Any]:
 
 
 def _clone(job: Job) -> dict[str, Any]:
-    from runners.worker import fetch_ref  # noqa: PLC0415
-
     build = job.build
     out = {
         "fetch_ref": fetch_ref(build),

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,7 @@ class Worker:
         """Claim and run jobs until stop() (blocks)."""
         with_retry(self.register, what="registering the worker")
         self.publisher = Publisher()
-        listener = _Listener(self._wake, self._stopping) if _on_postgres() else None
+        listener = QueueListener(self._wake.set) if _on_postgres() else None
         services.queue_changed.connect(self.wake)
         slots = [
             threading.Thread(target=self._slot, name=f"goci-slot-{n}", daemon=True)
@@ -826,13 +826,13 @@ def _on_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-class _Listener:
-    """LISTEN on its own autocommit connection: an idle worker wakes the moment a build
-    is queued or canceled, instead of at its next poll."""
+class QueueListener:
+    """LISTEN on its own autocommit connection: `on_notify` runs the moment a build is
+    queued or canceled in any process, instead of at the next poll. An idle worker
+    wakes with it; so does a web process's long polls of remote runners."""
 
-    def __init__(self, wake: threading.Event, stopping: threading.Event) -> None:
-        self.wake = wake
-        self.stopping = stopping
+    def __init__(self, on_notify: Callable[[], None]) -> None:
+        self.on_notify = on_notify
         self._stop = threading.Event()
         self.params = connection.get_connection_params()
         self.thread = threading.Thread(target=self._listen, name="goci-listen", daemon=True)
@@ -851,7 +851,7 @@ class _Listener:
                     conn.execute(f"LISTEN {services.QUEUE_CHANNEL}")
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.wake.set()
+                            self.on_notify()
             except Exception as exc:  # noqa: BLE001  (PostgreSQL restarts: poll meanwhile)
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._stop.wait(1.0)

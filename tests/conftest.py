@@ -64,3 +64,15 @@ def nothing_left_in_docker() -> Iterator[None]:
         for obj in objects
     ]
     assert leftovers == [], f"Goci left these behind in Docker: {leftovers}"
+
+
+@pytest.fixture(autouse=True)
+def no_listen_connection_left() -> Iterator[None]:
+    """A runner's long poll opens its web process's LISTEN connection (runners/api.py):
+    the test that served one closes it, before its test database may go."""
+    yield
+    import sys
+
+    api = sys.modules.get("runners.api")
+    if api is not None:
+        api.stop_listening()

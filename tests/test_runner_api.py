@@ -7,11 +7,14 @@ revoked runner), batches stored once however often they are sent, hostile bodies
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +23,12 @@ from django.utils import timezone
 
 from builds import services
 from builds.models import Build, Job, LogChunk, Status, Step
+from runners import api as runner_api
 from runners import services as runner_services
 from runners.models import Runner
 from runners.queue import jobs_reap
 from tests.helpers import make_token
-from tests.queue_helpers import log_lines, make_project, submit
+from tests.queue_helpers import log_lines, make_project, require_postgres, submit, worker_env
 
 PIPELINE = "steps: [{name: one, run: 'true'}, {name: two, run: 'true'}]"
 V1 = "/api/runner/v1"
@@ -458,3 +462,60 @@ def test_over_http_a_long_poll_gets_a_job_submitted_while_it_waits(live_server: 
     started = time.monotonic()
     assert http(f"{base}/next?wait=1", token)[0] == 204
     assert 0.9 <= time.monotonic() - started < 2.5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_poll_wakes_on_a_submit_from_another_process(
+    live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's NOTIFY reaches the web process's LISTEN connection: without it the
+    poll would look again only after POLL_SECONDS, here longer than its wait."""
+    require_postgres()
+    monkeypatch.setattr(runner_api, "POLL_SECONDS", 60.0)
+    token = register("far")
+    project = make_project()
+    got: dict[str, Any] = {}
+
+    def poll() -> None:
+        got["answer"] = http(f"{live_server.url}{V1}/next?wait=20", token)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(1.0)  # the poll is waiting, and its process LISTENs
+    code = (
+        "import django; django.setup()\n"
+        "from builds import services\nfrom builds.models import Project\n"
+        f"services.build_create(project=Project.objects.get(pk={project.pk}), "
+        f"pipeline={PIPELINE!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**worker_env(tmp_path), "DJANGO_SETTINGS_MODULE": "goci.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    poller.join(timeout=30)
+
+    status, job = got["answer"]
+    assert status == 200  # not a 204 at the end of the 20 s wait
+    assert job["build_id"] == Build.objects.get().pk
+
+
+@pytest.mark.django_db
+def test_a_long_poll_reaps_expired_leases_so_runners_alone_hand_jobs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With remote runners and no worker, nothing else would re-queue a lost job."""
+    lost, taker = register("lost"), register("taker")
+    submit(make_project(), PIPELINE)
+    job = claim(lost)
+    Job.objects.filter(pk=job["job_id"]).update(lease_expires_at=timezone.now() - timedelta(1))
+    monkeypatch.setattr(runner_api, "_reaped_at", 0.0)
+
+    again = claim(taker)
+
+    assert (again["job_id"], again["attempt"]) == (job["job_id"], 2)
+    assert call("post", job_path(job, "lease"), lost).status_code == 409
