@@ -48,7 +48,7 @@ from runners.checkout import (
 )
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
-from runners.executors import NO_HOST_STEPS, ByImage
+from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
 from runners.executors.local import LocalExecutor
 from runners.lines import DEFAULT_LOG_CAP, Masker, StepLog
 
@@ -222,9 +222,11 @@ class Client:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def once(self, path: str, body: object = None) -> tuple[int, Any]:
+    def once(
+        self, path: str, body: object = None, timeout: float = HTTP_TIMEOUT
+    ) -> tuple[int, Any]:
         """One POST: (status, JSON answer or None). OSError and HTTPException on a lost
-        connection."""
+        connection, or no answer within `timeout` seconds."""
         if isinstance(body, bytes):
             data = body
         else:
@@ -236,6 +238,9 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         conn = self._connection()
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
         try:
             conn.request("POST", self.base + path, body=data, headers=headers)
             response = conn.getresponse()
@@ -589,7 +594,10 @@ class Runner:
     def run(self, *, once: bool = False) -> int:
         """Until stop() (or one job with `once`); 0, or 1 if the server refuses this runner."""
         self.root.mkdir(parents=True, exist_ok=True)
+        # What a runner killed here left: its workspaces, and its steps' containers,
+        # which would otherwise run on until the next container step here prunes them.
         workspaces.clean_leftovers(self.root)
+        pruner = prune_containers()
         beat = threading.Thread(target=self._heartbeat, name="goci-beat", daemon=True)
         beat.start()
         threads: list[threading.Thread] = []
@@ -645,6 +653,10 @@ class Runner:
             self._beat_stop.set()
             beat.join()
             self.client.close()
+            if pruner is not None:
+                if pruner.poll() is None:
+                    pruner.kill()  # harmless: the next start prunes again
+                pruner.wait()
         return 1 if self.fatal else 0
 
     def _shutdown(self) -> None:
@@ -667,10 +679,25 @@ class Runner:
         while not self._beat_stop.wait(0.5):
             for job in self._jobs():
                 every = min(CHECK_EVERY, job.lease_seconds / 3)
-                if job.gone.is_set() or time.monotonic() - job.renewed < every:
+                silent = time.monotonic() - job.renewed
+                if job.gone.is_set() or silent < every:
                     continue
+                if silent > job.lease_seconds:
+                    # Cut off from the server for a whole lease: it hands the job on
+                    # (another runner may run it now), so this attempt stops here rather
+                    # than run twice, a deploy step say, until the link comes back.
+                    log.warning(
+                        "job %s attempt %s: its lease could not be renewed for %.0f s, so "
+                        "the server hands it on: stopping it",
+                        job.id,
+                        job.attempt,
+                        silent,
+                    )
+                    job.lose()
+                    continue
+                path = f"/jobs/{job.id}/{job.attempt}/lease"
                 try:
-                    status, answer = self.client.once(f"/jobs/{job.id}/{job.attempt}/lease")
+                    status, answer = self.client.once(path, timeout=max(1.0, every))
                 except (OSError, http.client.HTTPException) as exc:
                     log.warning("lease of job %s not renewed: %s", job.id, exc)
                     continue  # the lease may still hold; the next beat tries again

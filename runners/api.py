@@ -362,7 +362,7 @@ _reaped_at = 0.0
 
 def stop_listening() -> None:
     """Close this process's LISTEN connection (tests, before their database goes)."""
-    global _listener  # noqa: PLW0603
+    global _listener
     with _waiters_lock:
         listener, _listener = _listener, None
     if listener is not None:

@@ -13,8 +13,6 @@ import os
 import platform
 import queue
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +58,7 @@ from runners.checkout import (
 )
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
-from runners.executors import NO_HOST_STEPS, ByImage
+from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
 from runners.executors.local import LocalExecutor
 from runners.lines import StepLog
 from runners.models import Runner
@@ -90,7 +88,6 @@ CHECK_EVERY = 0.5
 # How often a worker looks for jobs whose lease expired (and at least every third of
 # the lease).
 REAP_EVERY = 5.0
-DOCKER_SOCKET = "/var/run/docker.sock"
 EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
 # How far back secret_scope() looks for the build a rerun reruns.
 MAX_RERUN_CHAIN = 100
@@ -809,17 +806,6 @@ def make_workspace(job: Job) -> Path:
 def clean_leftovers() -> None:
     """Remove workspaces of workers on this machine that died."""
     workspaces.clean_leftovers(Path(settings.GOCI_WORKSPACE_ROOT))
-
-
-def prune_containers() -> subprocess.Popen[bytes] | None:
-    """Remove the containers of dead runs on this machine (`goci docker prune`) in a
-    child process, where Docker is: docker-py (~7 MB) stays out of a worker until it
-    runs a container step, and every container run prunes again as it starts."""
-    if not (os.environ.get("DOCKER_HOST") or Path(DOCKER_SOCKET).exists()):
-        return None
-    return subprocess.Popen(
-        [sys.executable, "-m", "goci.cli", "docker", "prune"], stdout=subprocess.DEVNULL
-    )
 
 
 def _on_postgres() -> bool:

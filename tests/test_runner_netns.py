@@ -34,7 +34,13 @@ from runners.models import Runner
 from runners.workspace import home_of
 from tests.conftest import TEST_IMAGE, need
 from tests.helpers import make_token
-from tests.netns import SERVER_NAME, Namespace, Namespaces, netns, unavailable
+from tests.netns import (
+    SERVER_NAME,
+    Namespace,
+    Namespaces,
+    netns_fixture,  # noqa: F401  (the fixture `netns`: pytest looks here)
+    unavailable,
+)
 from tests.queue_helpers import (
     log_lines,
     make_project,
@@ -48,16 +54,16 @@ from tests.test_up import Up, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-__all__ = ["netns"]  # the fixture, used by name
-
 LEASE = 3  # GOCI_LEASE_SECONDS of the server: expiry tests wait this, plus a reap
 LABEL = "netns"
 JOBS = 100
-# Each of the four runners takes at least this many of the hundred jobs: they poll the
-# same queue at the same pace, so one that gets (nearly) none means claims do not spread.
+# Each of the four runners takes at least this many of the hundred jobs: they start
+# together on a full queue and claim at the same pace, so one that gets (nearly) none
+# means claims do not spread.
 LEAST_SHARE = 5
-# A step that runs until a file `done` appears in its workspace (at most a minute): the
-# test decides when an attempt ends, and a runner that never stops it leaves it ticking.
+# A step that runs until a file `done` appears in its workspace (at most five minutes,
+# far beyond any wait here): the test decides when an attempt ends, and one that a runner
+# fails to stop is still ticking when the test looks.
 TICKER = f"""
 runs_on: [{LABEL}]
 steps:
@@ -65,7 +71,7 @@ steps:
     image: {TEST_IMAGE}
     run: |
       i=0
-      while [ ! -e done ] && [ $i -lt 600 ]; do i=$((i+1)); echo "tick $i"; sleep 0.1; done
+      while [ ! -e done ] && [ $i -lt 3000 ]; do i=$((i+1)); echo "tick $i"; sleep 0.1; done
       echo finished
 """
 ACCESS = re.compile(r'^(\S+):\d+ \S+ \S+ \[[^]]*\] "[A-Z]+ (\S+)" (\d{3}) ')
@@ -185,6 +191,21 @@ class Remote:
             )
         self.pids.append(self.process.pid)
 
+    def call(self, path: str, body: object) -> int:
+        """One runner API call with this runner's own token, over its own link: the
+        status the server answered."""
+        code = (
+            "import json, sys\nfrom pathlib import Path\n"
+            "from goci.runner import Client, read_config\n"
+            "config = read_config(Path(sys.argv[1]))\n"
+            "client = Client(config.server, config.token)\n"
+            "print(client.once(sys.argv[2], json.loads(sys.argv[3]))[0])\n"
+        )
+        argv = [sys.executable, "-c", code, str(self.config), path, json.dumps(body)]
+        done = self.ns.run(argv, env=runner_env(self.home))
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.strip())
+
     def stop(self) -> int:
         """SIGTERM (it finishes its jobs and exits); the exit code."""
         assert self.process is not None
@@ -232,6 +253,8 @@ def remotes(
     for remote in made:
         if remote.process is not None and remote.process.poll() is None:
             remote.kill()
+        # Shown with the test's captured output when it fails.
+        sys.stderr.write(f"--- runner {remote.name} ({remote.ns.ns_ip}) ---\n{remote.output()}\n")
     try:
         client = docker.from_env()
     except docker.errors.DockerException:  # no engine: nothing of ours can be in it
@@ -246,6 +269,10 @@ def remotes(
 
 def tick_job(build: Build) -> Job:
     return Job.objects.get(build=build)
+
+
+def tick_step(build: Build) -> int:
+    return Step.objects.get(job__build=build, name="tick").pk
 
 
 def ticks(build: Build, attempt: int) -> list[str]:
@@ -289,14 +316,6 @@ def test_four_runners_share_a_hundred_jobs_and_run_each_exactly_once(
     remotes: Callable[..., Remote], tmp_path: Path
 ) -> None:
     runners = [remotes(f"r{n}", LABEL) for n in range(4)]
-    for remote in runners:
-        remote.start()
-    # Each has polled once (its token's use is its last contact), so none starts late.
-    wait_for(
-        lambda: all(r.row.last_contact > r.row.created_at for r in runners),  # type: ignore[operator]
-        30,
-        "every runner's first poll",
-    )
     marks = tmp_path / "marks"
     project = make_project()
     pipeline = f"""
@@ -308,6 +327,8 @@ def test_four_runners_share_a_hundred_jobs_and_run_each_exactly_once(
           echo "$GOCI_BUILD_NUMBER" >> {marks}
     """
     builds = [submit(project, pipeline) for _ in range(JOBS)]
+    for remote in runners:  # all at once, onto a full queue: none starts late
+        remote.start()
     wait_for(
         lambda: Build.objects.filter(status__in=(Status.QUEUED, Status.RUNNING)).count() == 0,
         90,
@@ -343,26 +364,31 @@ def test_a_runner_cut_off_mid_job_loses_it_and_every_late_write_is_refused(
 
     a.ns.down()
     b.start()
+    # Cut off for a whole lease, a stops its attempt (its container goes) rather than
+    # run it beside the next one: the server hands the job on at the same moment.
+    wait_for(lambda: not a.containers(docker_client), LEASE + 20, "a to stop its cut-off job")
+    assert "could not be renewed" in a.output()
     wait_for(taken_over(build, b), LEASE + 20, "the lease to expire and b to take attempt 2")
     answered = len(server.requests())
     stored = ticks(build, 1)  # a's lines up to the partition, never more from now on
     wait_for(lambda: ticks(build, 2) != [], 30, "b's first tick")
-    assert [c.status for c in a.containers(docker_client)] == ["running"]  # a heard nothing
 
     a.ns.up()
-    wait_for(lambda: not a.containers(docker_client), 60, "a to stop its job and its container")
-    wait_for(lambda: "was taken" in a.output(), 10, "a to say its job was taken")
+    # What a kept of attempt 1 (lines printed while cut off) it never sends; a write
+    # for that attempt with a's own token, over a's link, is refused.
+    late = a.call(f"/jobs/{job.pk}/1/report", {"chunks": [[tick_step(build), 999, ["late"]]]})
+    assert late == 409
     run_to_the_end_on(build, b, 2)
 
     assert_ran_on(build, b, 2)
     assert ticks(build, 1) == stored
-    late = [
+    calls = [
         status
         for client, path, status in server.requests()[answered:]
         if client == a.ns.ns_ip and path.startswith(f"/api/runner/v1/jobs/{job.pk}/1/")
     ]
-    assert 409 in late, late  # a's late calls reached the server...
-    assert set(late) == {409}, late  # ... and every one was refused
+    assert 409 in calls, calls  # a's late calls reached the server...
+    assert set(calls) == {409}, calls  # ... and every one was refused
     assert not (a.home / "workspaces" / f"job{job.pk}-a1").exists()
 
     # a goes on taking jobs: one only it can run.
