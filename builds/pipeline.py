@@ -12,6 +12,10 @@ Public API (other modules depend on these names):
 - ``parse_labels(text) -> tuple[str, ...]``: a worker's `--labels a,b`, checked.
 - ``json_schema() -> dict``: JSON Schema (draft-07) of the format, for editors.
 - ``When.matches(branch=, event=, changed_files=)``: whether a `when` holds.
+- ``Pipeline.matrix``: the cells of `matrix:` (each variable -> value), () without one;
+  ``cell_name(values)``, ``for_cell(pipeline, values)`` (the pipeline of one cell, to
+  run as its own job), ``matrix_variables(pipeline)`` and ``select_cells(pipeline,
+  picks)`` (`goci run --matrix NAME=VALUE`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import codecs
 import copy
 import fnmatch
 import functools
+import itertools
 import os
 import posixpath
 import re
@@ -171,6 +176,9 @@ class Pipeline:
     when: When | None = None  # unless it matches, every step is skipped
     # `runs_on:` - every label a runner (or worker) must have to take the job.
     runs_on: tuple[str, ...] = ()
+    # `matrix:` - one mapping of variable -> value per combination, in order (see
+    # for_cell); () without a matrix, and in the pipeline for_cell returns.
+    matrix: tuple[Mapping[str, str], ...] = ()
 
 
 # Limits that protect the server from hostile or broken files; all are checked
@@ -189,9 +197,16 @@ MAX_GLOB = 4096  # characters of one path pattern
 MAX_GLOBS = 1000
 MAX_LABEL = 64  # characters of one runner label
 MAX_LABELS = 20  # labels in `runs_on`, and on one runner
+MAX_CELLS = 256  # combinations of a matrix, after exclude and include
+# Combinations of the axes before exclude: the expansion is bounded before it runs,
+# whatever exclude would remove afterwards.
+MAX_AXES_PRODUCT = 4096
+# Strings that use a matrix variable, times the cells: each is substituted once per
+# cell, here to check it and again wherever a cell's pipeline is made.
+MAX_SUBSTITUTIONS = 500_000
+MAX_CELL_NAME = 100  # characters of cell_name(), a job's name
 
 RESERVED_KEYS = (
-    "matrix",
     "services",
     "secrets",
     "artifacts",
@@ -212,6 +227,10 @@ _DURATION = r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$"
 _DURATION_RE = re.compile(_DURATION)
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_NAME_RE = re.compile(_ENV_NAME)
+# `${NAME}`, or `$${NAME}` which stays `${NAME}`; see _substitute.
+_REFERENCE_RE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# GitHub's `${{ matrix.NAME }}`, pointed at Goci's `${NAME}`.
+_GITHUB_MATRIX_RE = re.compile(r"\$\{\{\s*matrix\.([A-Za-z0-9_-]+)\s*\}\}")
 # A runner label: lower case, so that `GPU` and `gpu` cannot name two label sets.
 _LABEL = r"^[a-z0-9][a-z0-9._-]*$"
 _LABEL_RE = re.compile(_LABEL)
@@ -230,12 +249,13 @@ _Schema = dict[str, object]
 _TEXT: _Schema = {"type": ["string", "number", "boolean"]}
 _NAMES: _Schema = {"anyOf": [_TEXT, {"type": "array", "items": _TEXT}]}
 _DURATION_SCHEMA: _Schema = {"type": "string", "minLength": 1, "pattern": _DURATION}
+_VARIABLE_NAME: _Schema = {
+    "pattern": _ENV_NAME,
+    "not": {"anyOf": [{"enum": ["CI", "GOCI"]}, {"pattern": "^GOCI_"}]},
+}
 _ENV_SCHEMA: _Schema = {
     "type": "object",
-    "propertyNames": {
-        "pattern": _ENV_NAME,
-        "not": {"anyOf": [{"enum": ["CI", "GOCI"]}, {"pattern": "^GOCI_"}]},
-    },
+    "propertyNames": _VARIABLE_NAME,
     "additionalProperties": {
         "anyOf": [
             {"type": ["string", "number", "boolean", "null"]},
@@ -294,6 +314,12 @@ _PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
                 },
             ]
         },
+    ),
+    "matrix": (
+        "Run the pipeline once per combination of values, each as its own job with the "
+        "values as environment variables and ${NAME} replaced in image, env and when: "
+        "NAME: [values], with optional include and exclude; at most 256 combinations.",
+        {"allOf": [{"$ref": "#/definitions/matrix"}]},
     ),
     "steps": (
         "Required. The steps to run, in file order.",
@@ -372,6 +398,24 @@ _PATH_KEYS: dict[str, tuple[str, _Schema]] = {
     "include": ("A changed file counts if it matches one of these patterns.", _GLOBS),
     "exclude": ("A changed file does not count if it matches one of these patterns.", _GLOBS),
 }
+_MATRIX_ROW: _Schema = {
+    "type": "object",
+    "minProperties": 1,
+    "propertyNames": _VARIABLE_NAME,
+    "additionalProperties": _TEXT,
+}
+_MATRIX_KEYS: dict[str, tuple[str, _Schema]] = {
+    "include": (
+        "Mappings of NAME: value. One whose axis values match combinations adds its other "
+        "variables to them; one that matches none is a combination of its own.",
+        {"type": "array", "minItems": 1, "items": _MATRIX_ROW},
+    ),
+    "exclude": (
+        "Mappings of axis NAME: value; every combination that has all of them is removed "
+        "(before include is applied).",
+        {"type": "array", "minItems": 1, "items": _MATRIX_ROW},
+    ),
+}
 _CLONE_KEYS: dict[str, tuple[str, _Schema]] = {
     "depth": (
         "Commits of history to fetch: 1 (the default) is the commit alone, 0 the whole history.",
@@ -394,6 +438,7 @@ _PIPELINE_HINTS = {
     "tags": "Goci calls this 'runs_on', the labels a runner must have",
     "labels": "Goci calls this 'runs_on', the labels a runner must have",
     "platform": "name it as a label in 'runs_on', e.g. `runs_on: [linux, arm64]`",
+    "strategy": "write `matrix:` at the top of the pipeline",
 }
 _RUNS_ON_HINT = "labels apply to the whole pipeline: write `runs_on:` at its top"
 _RUN_HINT = "Goci calls this 'run', one script with a command per line"
@@ -420,6 +465,8 @@ _STEP_HINTS = {
     "runs_on": _RUNS_ON_HINT,
     "tags": _RUNS_ON_HINT,
     "labels": _RUNS_ON_HINT,
+    "matrix": "a matrix applies to the whole pipeline: write `matrix:` at its top",
+    "strategy": "write `matrix:` at the top of the pipeline",
 }
 _WHEN_HINTS = {
     "paths": "Goci calls this 'path'",
@@ -509,6 +556,153 @@ def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipelin
         for step in pipeline.steps
     )
     return replace(pipeline, steps=steps)
+
+
+def matrix_variables(pipeline: Pipeline) -> tuple[str, ...]:
+    """The variables of the pipeline's matrix (its axes, then the ones only `include`
+    adds), in the order the file first names them; () without a matrix."""
+    return tuple(dict.fromkeys(name for cell in pipeline.matrix for name in cell))
+
+
+def cell_name(values: Mapping[str, str]) -> str:
+    """`GO=1.22, OS=linux`: one cell of a matrix, by its variables in alphabetical order,
+    so that the name does not depend on how the values were stored. At most
+    MAX_CELL_NAME characters: a longer name is cut and ends with a digest of the values,
+    so that it stays distinct."""
+    name = ", ".join(f"{key}={values[key]}" for key in sorted(values))
+    if len(name) <= MAX_CELL_NAME:
+        return name
+    import hashlib  # noqa: PLC0415  (only very long values need it)
+
+    digest = hashlib.sha256(
+        "\0".join(f"{key}\0{values[key]}" for key in sorted(values)).encode(
+            "utf-8", "surrogatepass"
+        )
+    ).hexdigest()
+    return f"{name[: MAX_CELL_NAME - 12]}... {digest[:8]}"
+
+
+def for_cell(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
+    """The pipeline of one cell of its matrix (one of `pipeline.matrix`), to run as a job
+    of its own: `${NAME}` of each matrix variable replaced by the cell's value (or by
+    nothing where the cell lacks it) in the images, the env values and the `when`
+    conditions; `$${NAME}` written as `${NAME}`; any other text left as it is, for the
+    shell. The cell's values are set in the env of the pipeline and of every step, over
+    a variable of the same name written in the file (plain or from a secret), as in
+    Woodpecker. The result has no matrix. The substitution is on the parsed strings, so
+    a value cannot change the document's structure; load() checked every cell."""
+    cell = dict(values)
+    if cell not in pipeline.matrix:
+        raise ValueError(f"{cell_name(cell)!r} is not a cell of the pipeline's matrix")
+    names = frozenset(matrix_variables(pipeline))
+
+    def sub(text: str) -> str:
+        return _substitute(text, cell, names)
+
+    def sub_env(env: Mapping[str, str]) -> dict[str, str]:
+        return {key: sub(value) for key, value in env.items() if key not in cell} | cell
+
+    def sub_when(when: When | None) -> When | None:
+        if when is None:
+            return None
+        path = when.path
+        if path is not None:
+            path = PathFilter(
+                include=tuple(map(sub, path.include)), exclude=tuple(map(sub, path.exclude))
+            )
+        return When(
+            branch=None if when.branch is None else tuple(map(sub, when.branch)),
+            event=None if when.event is None else tuple(map(sub, when.event)),
+            path=path,
+        )
+
+    def no_secret(secret_env: Mapping[str, str]) -> dict[str, str]:
+        return {key: name for key, name in secret_env.items() if key not in cell}
+
+    steps = tuple(
+        replace(
+            step,
+            image=None if step.image is None else sub(step.image),
+            env=sub_env(step.env),
+            secret_env=no_secret(step.secret_env),
+            when=sub_when(step.when),
+        )
+        for step in pipeline.steps
+    )
+    return replace(
+        pipeline,
+        steps=steps,
+        image=None if pipeline.image is None else sub(pipeline.image),
+        env=sub_env(pipeline.env),
+        secret_env=no_secret(pipeline.secret_env),
+        when=sub_when(pipeline.when),
+        matrix=(),
+    )
+
+
+def select_cells(
+    pipeline: Pipeline, picks: Sequence[tuple[str, str]]
+) -> tuple[Mapping[str, str], ...]:
+    """The cells of the matrix that have every picked variable at one of the values
+    picked for it (`--matrix OS=linux --matrix GO=1.22 --matrix GO=1.23`); every cell
+    when nothing is picked. ValueError, listing the cells, if none matches."""
+    if not picks:
+        return pipeline.matrix
+    if not pipeline.matrix:
+        raise ValueError("the pipeline has no matrix")
+    variables = matrix_variables(pipeline)
+    wanted: dict[str, set[str]] = {}
+    for name, value in picks:
+        if name not in variables:
+            hint = _did_you_mean(name, variables)
+            raise ValueError(
+                f"{name!r} is not a variable of the matrix"
+                + (f" ({hint})" if hint else "")
+                + f"; its variables are {', '.join(variables)}"
+            )
+        wanted.setdefault(name, set()).add(value)
+    cells = tuple(
+        cell
+        for cell in pipeline.matrix
+        if all(name in cell and cell[name] in values for name, values in wanted.items())
+    )
+    if not cells:
+        picked = " ".join(f"{name}={value}" for name, value in picks)
+        listed = "".join(f"\n  {cell_name(cell)}" for cell in pipeline.matrix)
+        raise ValueError(f"no cell of the matrix has {picked}; its cells are:{listed}")
+    return cells
+
+
+def _substitute(text: str, values: Mapping[str, str], names: frozenset[str]) -> str:
+    """`${NAME}` of a matrix variable -> its value in the cell ("" if the cell lacks it);
+    `$${NAME}` of one -> `${NAME}`; everything else as written. One pass: a value is
+    never substituted again."""
+    if "${" not in text:
+        return text
+    parts = _template(text, names)
+    if len(parts) == 1:
+        return parts[0]
+    out = list(parts)
+    out[1::2] = [values.get(name, "") for name in parts[1::2]]
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(text: str, names: frozenset[str]) -> tuple[str, ...]:
+    """`text` as (text, variable, text, ..., variable, text), escapes undone: each cell
+    of a matrix then costs a join, not a regex (a string is substituted per cell)."""
+    parts = [""]
+    end = 0
+    for match in _REFERENCE_RE.finditer(text):
+        escaped, name = match.groups()
+        if name not in names:
+            continue
+        parts[-1] += text[end : match.start()] + ("${" + name + "}" if escaped else "")
+        if not escaped:
+            parts += [name, ""]
+        end = match.end()
+    parts[-1] += text[end:]
+    return tuple(parts)
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
@@ -604,6 +798,18 @@ def json_schema() -> dict[str, object]:
                 "additionalProperties": False,
                 "minProperties": 1,
                 "properties": properties(_CLONE_KEYS),
+            },
+            "matrix": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": _VARIABLE_NAME,
+                "properties": properties(_MATRIX_KEYS),
+                "additionalProperties": {
+                    "description": "An axis: the values of this variable.",
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _TEXT,
+                },
             },
             "label": {
                 "type": "string",
@@ -928,6 +1134,14 @@ def _parse_run(text: str) -> str:
 def _parse_image(text: str) -> str:
     if not text.strip():
         raise ValueError("the image is empty: name one such as golang:1.22, or remove `image:`")
+    return text
+
+
+def _parse_event(text: str) -> str:
+    if text not in EVENTS:
+        hint = _did_you_mean(text, EVENTS)
+        known = "events are " + ", ".join(EVENTS)
+        raise ValueError(f"unknown event {text!r} ({hint + '; ' if hint else ''}{known})")
     return text
 
 
@@ -1272,12 +1486,29 @@ class _Draft:
     step: Step | None = None  # None when the step has problems
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A string that uses a matrix variable, to be checked once per cell, substituted."""
+
+    node: Node
+    path: str
+    text: str
+    check: Callable[[str], object]
+    glob: bool = False  # a path pattern: _glob_sources, counted against MAX_GLOBS
+
+
 class _Checker:
     def __init__(self, filename: str, rejected: dict[int, str]) -> None:
         self.filename = filename
         self.rejected = rejected
         self.problems: list[Problem] = []
         self.globs_used = 0  # path patterns so far (MAX_GLOBS)
+        # The matrix's variables, known before the rest of the file is read, so that
+        # the checks of strings that use them wait for their values.
+        self.variables: frozenset[str] = frozenset()
+        self.deferred: list[_Deferred] = []
+        self.substituted = 0  # strings that use a matrix variable (MAX_SUBSTITUTIONS)
+        self.matrix_node: Node | None = None  # the key `matrix`, if there is one
 
     def add(self, node: Node, path: str, message: str) -> None:
         self.problems.append(_problem(self.filename, node.start_mark, path, message))
@@ -1452,15 +1683,7 @@ class _Checker:
         env, secrets = {}, {}
         for name, (key, value) in mapping.items():
             var_path = f"{where}.{name}"
-            if not _ENV_NAME_RE.fullmatch(name):
-                self.add(
-                    key,
-                    var_path,
-                    f"invalid variable name {name!r}: "
-                    "use letters, digits and _, not starting with a digit",
-                )
-            elif name in ("CI", "GOCI") or name.startswith("GOCI_"):
-                self.add(key, var_path, f"{name!r} is set by Goci; choose another name")
+            self.variable_name(name, key, var_path)
             if isinstance(value, MappingNode) and id(value) not in self.rejected:
                 secret = self.from_secret(value, var_path)
                 if secret is not None:
@@ -1468,8 +1691,23 @@ class _Checker:
                 continue
             text = self.text(value, var_path, "a string or {from_secret: name}")
             if text is not None:
+                self.matrix_text(value, var_path, text)
                 env[name] = text
         return env, secrets
+
+    def variable_name(self, name: str, key: Node, path: str) -> bool:
+        """Whether `name` may be an environment variable of the file (else reported)."""
+        if not _ENV_NAME_RE.fullmatch(name):
+            message = (
+                f"invalid variable name {name!r}: "
+                "use letters, digits and _, not starting with a digit"
+            )
+            self.add(key, path, message)
+            return False
+        if name in ("CI", "GOCI") or name.startswith("GOCI_"):
+            self.add(key, path, f"{name!r} is set by Goci; choose another name")
+            return False
+        return True
 
     def from_secret(self, node: MappingNode, path: str) -> str | None:
         mapping = self.pairs(node)
@@ -1518,18 +1756,18 @@ class _Checker:
         branch = event = path_filter = None
         if "branch" in mapping:
             found = self.names(mapping["branch"][1], f"{where}.branch", allow_empty=False)
+            for name, item, item_path in found or ():
+                self.matrix_text(item, item_path, name)
             branch = None if found is None else tuple(name for name, _, _ in found)
         if "event" in mapping:
             found = self.names(mapping["event"][1], f"{where}.event", allow_empty=False)
             for name, item, item_path in found or ():
-                if name not in EVENTS:
-                    hint = _did_you_mean(name, EVENTS)
-                    known = "events are " + ", ".join(EVENTS)
-                    self.add(
-                        item,
-                        item_path,
-                        f"unknown event {name!r} ({hint + '; ' if hint else ''}{known})",
-                    )
+                if self.matrix_text(item, item_path, name, _parse_event):
+                    continue
+                try:
+                    _parse_event(name)
+                except ValueError as error:
+                    self.add(item, item_path, str(error))
             event = None if found is None else tuple(name for name, _, _ in found)
         if "path" in mapping:
             path_filter = self.path_filter(mapping["path"][1], f"{where}.path")
@@ -1562,6 +1800,8 @@ class _Checker:
         for pattern, item, item_path in found:
             if self.globs_used > MAX_GLOBS:
                 break  # said once; checking the rest would only cost time
+            if self.matrix_text(item, item_path, pattern, _glob_sources, glob=True):
+                continue
             try:
                 self.globs_used += len(_glob_sources(pattern))
             except ValueError as error:
@@ -1614,6 +1854,340 @@ class _Checker:
         )
         return True, 1 if depth is None else depth
 
+    # -- the matrix
+
+    def matrix(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[dict[str, str], ...]:
+        """`matrix:` -> its cells in order (the axes' combinations, the last axis varying
+        fastest, without those excluded, then the new combinations of `include`); ()
+        without a matrix or when it has problems (reported). Notes its variables first:
+        the strings of the rest of the file that use them are checked per cell."""
+        if "matrix" not in pairs:
+            return ()
+        # Problems of the whole matrix are reported at its key: its value's position
+        # is that of its first axis.
+        self.matrix_node, node = pairs["matrix"]
+        expected = "a mapping of NAME: [values], with optional `include` and `exclude`"
+        if isinstance(node, SequenceNode) and id(node) not in self.rejected:
+            # Woodpecker's and GitHub's `include` written without its key.
+            self.add(node, "matrix", f"expected {expected}, found a list (write `include:` first)")
+            return ()
+        mapping = self.mapping(node, "matrix", expected)
+        if mapping is None:
+            return ()
+        if not mapping:
+            message = "the matrix is empty: give a variable and its values, or remove it"
+            self.add(self.matrix_node, "matrix", message)
+            return ()
+        before = len(self.problems)
+        broken = False  # a part already reported (a tag), or reported here
+        axes: dict[str, list[str]] = {}
+        for name, (key, value) in mapping.items():
+            if name in _MATRIX_KEYS:
+                continue
+            path = f"matrix.{name}"
+            if (
+                isinstance(value, SequenceNode)
+                and value.value
+                and isinstance(value.value[0], MappingNode)
+                and (hint := _did_you_mean(name, _MATRIX_KEYS))
+            ):
+                # `includes:` is a list of mappings: not an axis, a misspelt key.
+                self.add(key, "matrix", f"unknown key {name!r} ({hint})")
+                continue
+            valid = self.variable_name(name, key, path)
+            values = self.axis(value, path)
+            if valid:
+                axes[name] = values or []
+            broken = broken or values is None
+        include = self.rows(mapping, "include", axes)
+        exclude = self.rows(mapping, "exclude", axes)
+        names = [*axes, *(name for row, _, _ in include or () for name in row if name not in axes)]
+        self.variables = frozenset(names)
+        if broken or include is None or exclude is None or len(self.problems) > before:
+            return ()
+        return self.expand(self.matrix_node, axes, include, exclude)
+
+    def axis(self, node: Node, path: str) -> list[str] | None:
+        """An axis: a non-empty list of values, each once; None if anything is wrong."""
+        if id(node) in self.rejected:
+            return None
+        if not isinstance(node, SequenceNode):
+            message = f"expected a list of values, found {_describe(node)}"
+            if isinstance(node, ScalarNode) and not _is_empty(node):
+                message += f" (write [{node.value}] for one value)"
+            self.add(node, path, message)
+            return None
+        if not node.value:
+            self.add(node, path, "the list is empty: give at least one value, or remove it")
+            return None
+        values: dict[str, Node] = {}
+        valid = True
+        for index, item in enumerate(node.value):
+            item_path = f"{path}[{index}]"
+            value = self.matrix_value(item, item_path)
+            if value is None:
+                valid = False
+            elif value in values:
+                line = values[value].start_mark.line + 1
+                self.add(item, item_path, f"duplicate value {value!r} (first on line {line})")
+                valid = False
+            else:
+                values[value] = item
+        return list(values) if valid else None
+
+    def matrix_value(self, node: Node, path: str) -> str | None:
+        """A value of the matrix: a scalar, as written (`1.10` stays 1.10), on one line."""
+        expected = "a value (a string, number or boolean)"
+        if _is_empty(node):
+            self.add(node, path, f"expected {expected}, found nothing (write '' for no text)")
+            return None
+        text = self.text(node, path, expected)
+        if text is None:
+            return None
+        if "\n" in text or "\r" in text:
+            self.add(node, path, "a matrix value must fit on one line")
+            return None
+        return text
+
+    def rows(
+        self, mapping: dict[str, tuple[Node, Node]], key: str, axes: Mapping[str, list[str]]
+    ) -> list[tuple[dict[str, str], Node, str]] | None:
+        """`include:` or `exclude:`: (NAME -> value, node, path) of each entry, or None if
+        anything is wrong. An entry of exclude may only name axes, and values they have."""
+        if key not in mapping:
+            return []
+        node, path = mapping[key][1], f"matrix.{key}"
+        if id(node) in self.rejected:
+            return None
+        if not isinstance(node, SequenceNode):
+            message = f"expected a list of mappings (`- NAME: value`), found {_describe(node)}"
+            self.add(node, path, message)
+            return None
+        if not node.value:
+            self.add(node, path, f"the list is empty: remove `{key}`")
+            return None
+        rows = []
+        valid = True
+        for index, item in enumerate(node.value):
+            item_path = f"{path}[{index}]"
+            pairs = self.mapping(item, item_path, "a mapping of NAME: value")
+            if not pairs:
+                if pairs is not None:
+                    what = "would remove every combination" if key == "exclude" else "adds nothing"
+                    self.add(item, item_path, f"the mapping is empty: it {what}; remove it")
+                valid = False
+                continue
+            row: dict[str, str] = {}
+            for name, (name_node, value_node) in pairs.items():
+                where = f"{item_path}.{name}"
+                named = self.variable_name(name, name_node, where)
+                value = self.matrix_value(value_node, where)
+                if not named or value is None:
+                    valid = False
+                    continue
+                if key == "exclude" and name not in axes:
+                    hint = _did_you_mean(name, axes)
+                    known = f"the axes are {', '.join(axes)}" if axes else "there is no axis"
+                    message = f"{name!r} is not an axis of the matrix ({hint or known})"
+                    self.add(name_node, where, message)
+                    valid = False
+                elif key == "exclude" and value not in axes[name]:
+                    hint = _did_you_mean(value, axes[name])
+                    message = f"{value!r} is not a value of {name}" + (
+                        f" ({hint})" if hint else f" ({', '.join(axes[name])})"
+                    )
+                    self.add(value_node, where, message)
+                    valid = False
+                else:
+                    row[name] = value
+            rows.append((row, item, item_path))
+        return rows if valid else None
+
+    def expand(
+        self,
+        node: Node,
+        axes: Mapping[str, list[str]],
+        include: Sequence[tuple[dict[str, str], Node, str]],
+        exclude: Sequence[tuple[dict[str, str], Node, str]],
+    ) -> tuple[dict[str, str], ...]:
+        """The cells, as GitHub Actions makes them: exclude first, from the axes'
+        combinations; then each include entry adds its variables that are not axes to
+        every combination whose axes it matches (a later entry overriding what an
+        earlier one added, never an axis), or else is a new combination."""
+        before = len(self.problems)
+        product = 1
+        for values in axes.values():
+            product *= len(values)
+            if product > MAX_AXES_PRODUCT:
+                counts = " x ".join(str(len(values)) for values in axes.values())
+                message = (
+                    f"the axes make too many combinations ({counts}); a matrix may have at "
+                    f"most {MAX_CELLS}, and at most {MAX_AXES_PRODUCT} before exclude"
+                )
+                self.add(node, "matrix", message)
+                return ()
+        combinations = (
+            [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+            if axes
+            else []
+        )
+        kept = [
+            combination
+            for combination in combinations
+            if not any(
+                all(combination[name] == value for name, value in row.items())
+                for row, _, _ in exclude
+            )
+        ]
+        added: list[tuple[dict[str, str], str]] = []
+        for row, item, path in include:
+            matches = [
+                combination
+                for combination in kept
+                if all(combination[name] == value for name, value in row.items() if name in axes)
+            ]
+            for combination in matches:
+                combination.update((name, value) for name, value in row.items() if name not in axes)
+            if matches:
+                continue
+            same = next((other for cell, other in added if cell == row), None)
+            if same is not None:
+                self.add(item, path, f"the same combination as {same}; remove one of them")
+                continue
+            added.append((dict(row), path))
+        cells = (*kept, *(row for row, _ in added))
+        if not cells:
+            message = "the matrix has no combination left: exclude removes every one"
+            self.add(node, "matrix", message)
+        elif len(cells) > MAX_CELLS:
+            message = (
+                f"the matrix makes {len(cells)} combinations; it may make at most {MAX_CELLS} "
+                "(exclude some, or split the pipeline)"
+            )
+            self.add(node, "matrix", message)
+        names: dict[str, dict[str, str]] = {}
+        for cell in cells:
+            other = names.setdefault(cell_name(cell), cell)
+            if other is not cell:
+                # Only values with ", " or "=" in them, or cut very long ones, can do that.
+                message = f"two combinations have the same name {cell_name(cell)!r}"
+                self.add(node, "matrix", message + "; change a value")
+                break
+        return () if len(self.problems) > before else cells
+
+    def check_cells(self, cells: tuple[dict[str, str], ...]) -> None:
+        """Check, with each cell's values, the strings that use the matrix: an image
+        that becomes empty, an unknown event, a path pattern that is no longer one.
+        A problem is reported once, naming the cells it happens in."""
+        assert self.matrix_node is not None
+        if self.substituted * len(cells) > MAX_SUBSTITUTIONS:
+            message = (
+                f"{self.substituted} strings use the matrix's variables, in each of its "
+                f"{len(cells)} combinations: more than {MAX_SUBSTITUTIONS} substitutions"
+            )
+            self.add(self.matrix_node, "matrix", message)
+            return
+        # (deferred, message) -> the cells it happens in; the first is named
+        found: dict[tuple[int, str], list[int]] = {}
+        globs = [self.globs_used] * len(cells)
+        first_glob = None
+        for index, item in enumerate(self.deferred):
+            # A string at a time, as its parts: per cell only a join (see _template).
+            parts = list(_template(item.text, self.variables))
+            slots = parts[1::2]
+            results: dict[str, object] = {}  # substituted text -> check's result
+            for number, cell in enumerate(cells):
+                parts[1::2] = [cell.get(name, "") for name in slots]
+                text = "".join(parts)
+                result = results.get(text, results)
+                if result is results:
+                    try:
+                        result = results[text] = item.check(text)
+                    except ValueError as error:
+                        result = results[text] = error
+                if isinstance(result, ValueError):
+                    found.setdefault((index, str(result)), []).append(number)
+                elif item.glob:
+                    globs[number] += len(cast("tuple[str, ...]", result))
+            if item.glob and first_glob is None:
+                first_glob = index
+        if first_glob is not None:
+            message = (
+                f"too many path patterns: a pipeline may have at most {MAX_GLOBS}, "
+                "counting each use and each {a,b} alternative"
+            )
+            over = [number for number, count in enumerate(globs) if count > MAX_GLOBS]
+            if over:
+                found[first_glob, message] = over
+        for (index, message), numbers in found.items():
+            item = self.deferred[index]
+            more = f" (and {len(numbers) - 1} more)" if len(numbers) > 1 else ""
+            where = f"in matrix cell {cell_name(cells[numbers[0]])}{more}"
+            self.add(item.node, item.path, f"{where}: {message}")
+
+    def image(self, pairs: dict[str, tuple[Node, Node]], path: str) -> str | None:
+        """`image:`, whose check waits for each cell when it uses the matrix."""
+        if "image" not in pairs:
+            return None
+        node, where = pairs["image"][1], _join(path, "image")
+        text = self.text(node, where)
+        if text is None:
+            return None
+        if self.variables:
+            unknown = [
+                name
+                for escaped, name in _REFERENCE_RE.findall(text)
+                if not escaped and name not in self.variables
+            ]
+            if unknown:
+                hint = _did_you_mean(unknown[0], self.variables)
+                known = "its variables are " + ", ".join(sorted(self.variables))
+                message = f"${{{unknown[0]}}} is not a variable of the matrix"
+                self.add(node, where, f"{message} ({hint or known})")
+                return None
+        if self.matrix_text(node, where, text, _parse_image):
+            return text
+        try:
+            return _parse_image(text)
+        except ValueError as error:
+            self.add(node, where, str(error))
+            return None
+
+    def matrix_text(
+        self,
+        node: Node,
+        path: str,
+        text: str,
+        check: Callable[[str], object] | None = None,
+        *,
+        glob: bool = False,
+    ) -> bool:
+        """Whether `text`, a string where `${NAME}` is substituted, uses a variable of
+        the matrix: its `check` then waits for each cell's values. Also true when it
+        uses GitHub's syntax, reported here."""
+        if self.matrix_node is None or "${" not in text:
+            return False
+        if self.github_matrix(node, path, text, script=False):
+            return True
+        if not any(name in self.variables for _, name in _REFERENCE_RE.findall(text)):
+            return False
+        self.substituted += 1
+        if check is not None:
+            self.deferred.append(_Deferred(node, path, text, check, glob))
+        return True
+
+    def github_matrix(self, node: Node, path: str, text: str, *, script: bool) -> bool:
+        """Report GitHub's `${{ matrix.NAME }}` (Goci's is `${NAME}`, and in a script
+        the variable itself)."""
+        match = _GITHUB_MATRIX_RE.search(text)
+        if match is None:
+            return False
+        name = match.group(1)
+        write = f"${name}, an environment variable of the step" if script else f"${{{name}}}"
+        message = f"GitHub's `{match.group()}` is not Goci's syntax: write {write}"
+        self.add(node, path, message)
+        return True
+
     # -- the document
 
     def read_pipeline(self, root: Node) -> Pipeline | None:
@@ -1627,13 +2201,16 @@ class _Checker:
         pairs = self.pairs(root)
         self.check_keys(pairs, "", _PIPELINE_KEYS, _PIPELINE_HINTS)
         name = self.scalar(pairs, "name", "", _parse_name)
-        image = self.scalar(pairs, "image", "", _parse_image)
+        cells = self.matrix(pairs)
+        image = self.image(pairs, "")
         env, secrets = self.env(pairs, "")
         timeout = self.scalar(pairs, "timeout", "", parse_duration, "a duration")
         clone, clone_depth = self.clone(pairs)
         when = self.when(pairs, "")
         runs_on = self.runs_on(pairs)
         steps = self.read_steps(root, pairs, image, env, secrets)
+        if cells and not self.problems:
+            self.check_cells(cells)
         if self.problems or steps is None:
             return None
         return Pipeline(
@@ -1648,6 +2225,7 @@ class _Checker:
             clone_depth=clone_depth,
             when=when,
             runs_on=runs_on,
+            matrix=cells,
         )
 
     def runs_on(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[str, ...]:
@@ -1737,8 +2315,10 @@ class _Checker:
         if "run" not in pairs:
             self.add(node, path, "missing key 'run': the commands this step runs")
         run = self.scalar(pairs, "run", path, _parse_run)
+        if run is not None and self.matrix_node is not None:
+            self.github_matrix(pairs["run"][1], f"{path}.run", run, script=True)
         shell = self.scalar(pairs, "shell", path, _parse_shell)
-        own_image = self.scalar(pairs, "image", path, _parse_image)
+        own_image = self.image(pairs, path)
         draft.parallel = bool(self.scalar(pairs, "parallel", path, _parse_bool, "true or false"))
         if "needs" in pairs:
             draft.needs = self.names(pairs["needs"][1], f"{path}.needs", allow_empty=True)

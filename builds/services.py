@@ -468,6 +468,8 @@ def build_create(
         raise InvalidRequest(
             "no pipeline: give one, or a commit of a project with a repository to read it from"
         )
+    if parsed is not None:
+        check_one_job(parsed)
     if parsed is not None and not parsed.clone:
         checkout = False
     if checkout and parsed is not None:
@@ -533,6 +535,17 @@ def build_create(
             raise
         return Build.objects.get(project=project, idempotency_key=idempotency_key), False
     return build, True
+
+
+def check_one_job(parsed: Pipeline) -> None:
+    """The server runs a build as one job: a matrix (one job per combination) runs
+    with `goci run` until it runs them too (issue #14)."""
+    if parsed.matrix:
+        raise InvalidRequest(
+            f"`matrix:` ({len(parsed.matrix)} combinations) runs only with `goci run` "
+            "for now: this server runs a build as one job, without a matrix. Remove "
+            "`matrix:` to run it here"
+        )
 
 
 def check_checkout_name(parsed: Pipeline) -> None:

@@ -31,10 +31,14 @@ from builds.pipeline import (
     Pipeline,
     PipelineError,
     Step,
+    cell_name,
+    for_cell,
     json_schema,
     load_file,
+    matrix_variables,
     parse_labels,
     secrets_wanted,
+    select_cells,
     with_secret_values,
 )
 from runners.engine import BuildResult, Engine, Executor, Status, StepResult
@@ -330,50 +334,101 @@ def docker_executor(workspace: Path) -> Executor:
 def cmd_run(args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     secrets = parse_secrets(args.secret, args.secret_file)
+    picks = []
+    for pick in args.matrix:
+        name, sep, value = pick.partition("=")
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise UsageError(
+                f"--matrix {pick!r}: expected NAME=VALUE, NAME a variable of the matrix"
+            )
+        picks.append((name, value))
     args.file = pipeline_file(args.file, "run")
-    pipeline = pipeline_secrets(read_pipeline(args.file), secrets)
+    pipeline = read_pipeline(args.file)
+    try:
+        cells = select_cells(pipeline, picks)
+    except ValueError as exc:
+        raise UsageError(f"--matrix: {exc}") from None
+    for name in matrix_variables(pipeline):
+        if name in env:
+            # Its value would differ from the one substituted in images and `when`.
+            raise UsageError(f"--env {name}: a variable of the matrix; pick cells with --matrix")
+    # Every cell is made (and gets its secrets) before the first one runs: a usage error
+    # stops them all. Cells run one after another, in the same directory.
+    runs = (
+        [(cell_name(cell), pipeline_secrets(for_cell(pipeline, cell), secrets)) for cell in cells]
+        if pipeline.matrix
+        else [("", pipeline_secrets(pipeline, secrets))]
+    )
     workspace = Path(args.file).resolve().parent
-    needs_docker = any(step.image for step in pipeline.steps)
+    needs_docker = any(step.image for _, run in runs for step in run.steps)
     executor = ByImage(
         LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None
     )
     # The branch only matters to `when`; asking git costs a process, so only then.
     branch = args.branch
-    if branch is None and (pipeline.when or any(step.when for step in pipeline.steps)):
+    if branch is None and any(p.when or any(s.when for s in p.steps) for _, p in runs):
         branch = git_branch(workspace)
-    reporter = ConsoleReporter(
-        pipeline,
-        sys.stdout,
-        color=use_color(sys.stdout),
-        timestamps=args.timestamps,
-        secrets=list(secrets.values()),
-    )
-    engine = Engine(
-        pipeline,
-        executor,
-        reporter,
-        branch=branch,
-        event=args.event,
-        env=env,
-        jobs=args.jobs or 0,
-        log_cap=args.log_cap,
-    )
+    engines: list[Engine] = []
     received: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
-        engine.cancel()
+        if engines:
+            engines[-1].cancel()
 
+    results: list[tuple[str, Status]] = []
+    reporter = None
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = engine.run()
+        for number, (name, cell_pipeline) in enumerate(runs, start=1):
+            if received:
+                break
+            if name:
+                blank = "\n" if number > 1 else ""
+                print(f"{blank}=== matrix cell {number} of {len(runs)}: {name} ===", flush=True)
+            reporter = ConsoleReporter(
+                cell_pipeline,
+                sys.stdout,
+                color=use_color(sys.stdout),
+                timestamps=args.timestamps,
+                secrets=list(secrets.values()),
+            )
+            engines.append(
+                Engine(
+                    cell_pipeline,
+                    executor,
+                    reporter,
+                    branch=branch,
+                    event=args.event,
+                    env=env,
+                    jobs=args.jobs or 0,
+                    log_cap=args.log_cap,
+                )
+            )
+            if received:  # a signal before the engine could be told
+                engines[-1].cancel()
+            results.append((name, engines[-1].run().status))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:
-        print("goci: interrupted; every step was stopped", file=sys.stderr)
+        left = len(runs) - len(results)
+        not_run = f"; {left} matrix cell{'s' if left != 1 else ''} not run" if left else ""
+        print(f"goci: interrupted; every step was stopped{not_run}", file=sys.stderr)
         return EXIT_TERMINATED if received[0] == signal.SIGTERM else EXIT_INTERRUPTED
-    return EXIT_OK if result.status is Status.SUCCESS else EXIT_FAILED
+    failed = [status for _, status in results if status is not Status.SUCCESS]
+    if len(results) > 1 and reporter is not None:
+        width = max(len(name) for name, _ in results)
+        lines = ["", reporter._paint("1", f"{'CELL'.ljust(width)}  STATUS")]
+        lines += [f"{name.ljust(width)}  {reporter._status(status)}" for name, status in results]
+        counts: dict[str, int] = {}
+        for _, status in results:
+            counts[str(status)] = counts.get(str(status), 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+        overall = failed[0] if failed else Status.SUCCESS
+        lines.append(f"matrix {reporter._status(overall)}: {len(results)} cells ({summary})")
+        print("\n".join(lines), flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -972,6 +1027,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=PATH",
         help="a secret read from a file (one trailing newline dropped); repeatable",
+    )
+    run.add_argument(
+        "--matrix",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run only the matrix cells where NAME is VALUE (repeatable: several names must "
+        "all match; several values of one name, any of them); default: every cell, one "
+        "after another",
     )
     run.add_argument("--branch", help="branch for `when` (default: the checked-out git branch)")
     run.add_argument(

@@ -33,6 +33,7 @@ from builds.services import (
     InvalidRequest,
     build_settle,
     check_checkout_name,
+    check_one_job,
     create_steps,
     notify_queue,
 )
@@ -303,6 +304,7 @@ def build_plan(
     after "clone", its `runs_on` as the job's labels. Fenced: only the worker that owns
     this attempt plans it."""
     parsed = load(pipeline, filename)
+    check_one_job(parsed)
     check_checkout_name(parsed)
     with fenced(job_id, attempt, runner):
         job = Job.objects.select_related("build").get(pk=job_id)

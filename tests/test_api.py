@@ -391,6 +391,19 @@ def test_a_bad_env_is_422_with_its_message(project: Any, api: Api) -> None:
     assert Build.objects.count() == 0
 
 
+def test_a_matrix_pipeline_is_422_until_the_server_runs_one_job_per_combination(
+    project: Any, api: Api
+) -> None:
+    matrix = "matrix: {SERVICE: [bot, api]}\nsteps: [{name: one, run: echo $SERVICE}]\n"
+    response = api.post("/api/builds", {"project": "shop", "pipeline": matrix})
+
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(
+        "`matrix:` (2 combinations) runs only with `goci run` for now"
+    )
+    assert Build.objects.count() == 0
+
+
 def test_an_unknown_or_foreign_project_is_404_and_the_two_look_alike(
     project: Any, outsider_api: Api
 ) -> None:
