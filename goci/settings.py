@@ -208,6 +208,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # naturaltime: "12 seconds ago" on the runners page
     "channels",
     "django_htmx",
     # Its default app config wraps the template loaders so "page.html#partial" resolves.

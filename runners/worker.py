@@ -168,7 +168,7 @@ class Worker:
             "labels": list(self.labels),
             "capacity": self.concurrency,
             "version": goci.__version__,
-            "platform": f"{platform.system()}/{platform.machine()}",
+            "platform": f"{platform.system().lower()}/{platform.machine()}",
             "last_contact": now,
         }
         runner, created = Runner.objects.get_or_create(
