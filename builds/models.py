@@ -151,8 +151,15 @@ class Build(models.Model):
         return (self.finished_at - self.started_at).total_seconds()
 
 
+# The steps of a build's k-th job (its k-th matrix cell, from 0) are at positions
+# k * CELL_POSITIONS + 0, 1, ... (a pipeline has at most 500 steps and a clone): a
+# position names one step of the build, in URLs and on the page.
+CELL_POSITIONS = 1000
+
+
 class Job(models.Model):
-    """A unit of dispatch: one per build for now (one per matrix cell later).
+    """A unit of dispatch: one per build, or one per matrix cell (`matrix` holds the
+    cell's values, `name` its name, builds.pipeline.cell_name).
 
     `attempt` is the fencing token: a worker owns attempt N of a job while its lease
     holds, and every write it makes names N. The reaper moves a lost job to N + 1, so
@@ -170,6 +177,9 @@ class Job(models.Model):
     )
     # Every label a runner must have to take it (the pipeline's `runs_on`).
     labels = models.JSONField(default=list, blank=True)
+    # The values of its matrix cell, by variable ({} outside a matrix): the job runs
+    # builds.pipeline.for_cell(pipeline, matrix).
+    matrix = models.JSONField(default=dict, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -213,6 +223,16 @@ class Step(models.Model):
         if self.started_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def key(self) -> str:
+        """The step's name in its build, on the page and in live messages: its name, or
+        in a matrix build "CELL / name" (the names of steps repeat in every cell)."""
+        return matrix_key(self.job.name, self.name) if self.job.matrix else self.name
+
+
+def matrix_key(job_name: str, step_name: str) -> str:
+    return f"{job_name} / {step_name}"
 
 
 class LogChunk(models.Model):
