@@ -354,7 +354,9 @@ class StepOut(Schema):
 
 class JobOut(Schema):
     id: int
-    name: str
+    name: str = Field(description="'default', or its matrix cell's name: 'SERVICE=bot'.")
+    matrix: dict[str, str] = Field(description="Its matrix cell's values ({} if none).")
+    labels: list[str] = Field(description="The labels a runner needs to take it (runs_on).")
     status: str
     attempt: int
     worker: str

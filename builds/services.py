@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from builds.clone_urls import clone_url_problem
 from builds.models import (
+    CELL_POSITIONS,
     FINISHED,
     TOKEN_SCOPES,
     ApiToken,
@@ -39,7 +40,7 @@ from builds.models import (
     WebhookDelivery,
     default_token_scopes,
 )
-from builds.pipeline import Pipeline, load, plan
+from builds.pipeline import Pipeline, cell_name, for_cell, load, plan
 from builds.secrets import decrypt, encrypt
 from goci import audit
 
@@ -469,7 +470,7 @@ def build_create(
             "no pipeline: give one, or a commit of a project with a repository to read it from"
         )
     if parsed is not None:
-        check_one_job(parsed)
+        check_matrix_size(parsed)
     if parsed is not None and not parsed.clone:
         checkout = False
     if checkout and parsed is not None:
@@ -505,11 +506,14 @@ def build_create(
                 checkout=checkout,
                 **origin,
             )
-            job = Job.objects.create(build=build, labels=list(parsed.runs_on) if parsed else [])
-            if checkout:
-                Step.objects.create(job=job, name=CHECKOUT_STEP, position=0)
-            if parsed is not None:
-                create_steps(job, parsed, after_clone=checkout)
+            if parsed is not None and parsed.matrix:
+                create_cell_jobs(build, parsed, checkout=checkout)
+            else:
+                job = Job.objects.create(build=build, labels=list(parsed.runs_on) if parsed else [])
+                if checkout:
+                    Step.objects.create(job=job, name=CHECKOUT_STEP, position=0)
+                if parsed is not None:
+                    create_steps(job, parsed, after_clone=checkout)
             # Not the env: its values may be credentials.
             audit.record(
                 "build.rerun" if rerun_of is not None else "build.run",
@@ -537,14 +541,39 @@ def build_create(
     return build, True
 
 
-def check_one_job(parsed: Pipeline) -> None:
-    """The server runs a build as one job: a matrix (one job per combination) runs
-    with `goci run` until it runs them too (issue #14)."""
-    if parsed.matrix:
+MAX_MATRIX_STEPS = 5000  # steps of all the cells of one build
+
+
+def check_matrix_size(parsed: Pipeline) -> None:
+    """A matrix makes a job of every cell, each with every step: at most
+    MAX_MATRIX_STEPS rows for one build (256 cells of 500 steps would be 128,000)."""
+    total = len(parsed.matrix) * len(parsed.steps)
+    if total > MAX_MATRIX_STEPS:
         raise InvalidRequest(
-            f"`matrix:` ({len(parsed.matrix)} combinations) runs only with `goci run` "
-            "for now: this server runs a build as one job, without a matrix. Remove "
-            "`matrix:` to run it here"
+            f"the matrix makes {len(parsed.matrix)} jobs of {len(parsed.steps)} steps, "
+            f"{total} steps in all: a build may have at most {MAX_MATRIX_STEPS}; use fewer "
+            "combinations (exclude) or fewer steps"
+        )
+
+
+def create_cell_jobs(
+    build: Build, parsed: Pipeline, *, checkout: bool, first: Job | None = None
+) -> None:
+    """A job for each matrix cell, with its steps at its own positions (CELL_POSITIONS)
+    and its clone step first when the build checks out. `first`: an existing job (the
+    one that read the pipeline at checkout, its clone step made) becomes cell 0."""
+    for index, cell in enumerate(parsed.matrix):
+        values = dict(cell)
+        fields = {"name": cell_name(values), "matrix": values, "labels": list(parsed.runs_on)}
+        if index == 0 and first is not None:
+            Job.objects.filter(pk=first.pk).update(**fields)
+            job = first
+        else:
+            job = Job.objects.create(build=build, **fields)
+            if checkout:
+                Step.objects.create(job=job, name=CHECKOUT_STEP, position=index * CELL_POSITIONS)
+        create_steps(
+            job, for_cell(parsed, values), after_clone=checkout, offset=index * CELL_POSITIONS
         )
 
 
@@ -556,13 +585,13 @@ def check_checkout_name(parsed: Pipeline) -> None:
         )
 
 
-def create_steps(job: Job, parsed: Pipeline, after_clone: bool) -> None:
+def create_steps(job: Job, parsed: Pipeline, after_clone: bool, offset: int = 0) -> None:
     deps = plan(parsed)
     Step.objects.bulk_create(
         Step(
             job=job,
             name=step.name,
-            position=step.index + after_clone,
+            position=offset + step.index + after_clone,
             needs=list(deps[step.name]),
             image=step.image or "",
         )

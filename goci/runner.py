@@ -35,7 +35,14 @@ from typing import Any
 
 import goci
 from builds.clone_urls import CloneUrlRefused, check_clone_url
-from builds.pipeline import MAX_BYTES, Pipeline, PipelineError, load, with_secret_values
+from builds.pipeline import (
+    MAX_BYTES,
+    Pipeline,
+    PipelineError,
+    for_cell,
+    load,
+    with_secret_values,
+)
 from builds.pipeline import Step as PipelineStep
 from runners import workspace as workspaces
 from runners.checkout import (
@@ -564,6 +571,12 @@ class Job:
         self.cancel()
 
 
+def _cell(pipeline: Pipeline, payload: dict[str, Any]) -> Pipeline:
+    """The pipeline of the job's matrix cell, or the pipeline (ValueError: no such cell)."""
+    values = payload.get("matrix") or {}
+    return for_cell(pipeline, values) if values else pipeline
+
+
 def _branch(ref: str) -> str | None:
     return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
@@ -727,8 +740,8 @@ class Runner:
         pipeline = None
         if payload["pipeline"]:  # else the checkout reads it from the repository
             try:
-                pipeline = load(payload["pipeline"], payload["pipeline_path"])
-            except PipelineError as exc:
+                pipeline = _cell(load(payload["pipeline"], payload["pipeline_path"]), payload)
+            except (PipelineError, ValueError) as exc:
                 self._refuse(job, f"the pipeline is no longer valid: {exc}", ())
                 return
         workspace = workspaces.make_workspace(self.root, f"job{job.id}-a{job.attempt}")
@@ -925,6 +938,8 @@ class Runner:
         filename, data = read_pipeline(checkout, path, str(payload["commit"]), MAX_BYTES)
         pipeline = load(data, filename)  # the bytes as they are: exact positions
         answer = job.call("plan", {"pipeline": data.decode(), "filename": filename})
+        payload["matrix"] = answer.get("matrix") or {}
+        pipeline = _cell(pipeline, payload)  # with a matrix, this job is its first cell
         payload["steps"] = answer["steps"]
         payload["secrets"] = answer["secrets"]
         payload["secrets_error"] = answer["secrets_error"]

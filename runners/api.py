@@ -37,7 +37,7 @@ from pydantic_core import PydanticCustomError
 from builds import access_tokens, services
 from builds import api as user_api
 from builds.models import Job
-from builds.pipeline import MAX_BYTES, Pipeline, PipelineError, load
+from builds.pipeline import MAX_BYTES, Pipeline, PipelineError
 from builds.secrets import CLONE_SSH_KEY, CLONE_TOKEN, SecretError, SecretRefused, secret_for_goci
 from goci.audit import context
 from runners import queue
@@ -53,6 +53,7 @@ from runners.worker import (
     QueueListener,
     branch_of,
     fetch_ref,
+    job_pipeline,
     job_secrets,
     server_env,
 )
@@ -221,6 +222,9 @@ class JobOut(Schema):
     fork: bool = Field(description="A fork's code: it gets no secrets.")
     changed_files: list[str] | None
     labels: list[str]
+    matrix: dict[str, str] = Field(
+        description="The job's matrix cell ({} if none): it runs that cell's pipeline."
+    )
     env: dict[str, str] = Field(description="The build's variables and Goci's (GOCI_*).")
     steps: list[StepOut]
     job_token: str = Field(description="GOCI_JOB_TOKEN: reads this build while it runs.")
@@ -242,6 +246,9 @@ class PlanIn(Schema):
 
 class PlanOut(Schema):
     steps: list[StepOut] = Field(description="Every step of the job, 'clone' too, with ids.")
+    matrix: dict[str, str] = Field(
+        description="With `matrix:`, this job is its first cell: run that cell's pipeline."
+    )
     missing_labels: list[str] = Field(
         description="Labels of `runs_on` this runner lacks: hand the job back (`release`)."
     )
@@ -357,14 +364,20 @@ services.queue_changed.connect(_wake, weak=False, dispatch_uid="runner-api-wake"
 # opened by its first long poll. Expired leases are reaped by the long polls too, so a
 # server with remote runners and no worker still hands lost jobs on.
 _listener: QueueListener | None = None
+_listen = True
 _reaped_at = 0.0
 
 
-def stop_listening() -> None:
-    """Close this process's LISTEN connection (tests, before their database goes)."""
-    global _listener
+def listening(on: bool) -> None:
+    """Allow this process's LISTEN connection (the default), or close it and open none
+    until allowed again: tests close it before their database goes, and a long poll
+    still in flight then must not open another."""
+    global _listener, _listen  # noqa: PLW0603
+    listener = None
     with _waiters_lock:
-        listener, _listener = _listener, None
+        _listen = on
+        if not on:
+            listener, _listener = _listener, None
     if listener is not None:
         listener.stop()
 
@@ -372,7 +385,7 @@ def stop_listening() -> None:
 def _listen_and_reap() -> None:
     global _listener, _reaped_at  # noqa: PLW0603  (one of each per process)
     with _waiters_lock:
-        if _listener is None and connection.vendor == "postgresql":
+        if _listen and _listener is None and connection.vendor == "postgresql":
             _listener = QueueListener(_wake)
         reap = time.monotonic() - _reaped_at >= REAP_EVERY
         if reap:
@@ -399,8 +412,8 @@ def _job_payload(job: Job) -> dict[str, Any]:
     build = job.build
     pipeline = None
     if build.pipeline:
-        with contextlib.suppress(PipelineError):  # the runner says so when it loads it
-            pipeline = load(build.pipeline, build.project.pipeline_path)
+        with contextlib.suppress(PipelineError, ValueError):  # the runner says so too
+            pipeline = job_pipeline(job)
     timeout = pipeline.timeout if pipeline is not None else None
     lifetime = (timeout or JOB_TOKEN_LIFETIME) + JOB_TOKEN_SLACK
     return {
@@ -420,6 +433,7 @@ def _job_payload(job: Job) -> dict[str, Any]:
         "fork": build.fork,
         "changed_files": build.changed_files,
         "labels": list(job.labels),
+        "matrix": dict(job.matrix),
         "env": {**build.env, **server_env(build)},
         "steps": _steps(job),
         "job_token": access_tokens.issue_for_job(job, lifetime=lifetime),
@@ -572,6 +586,7 @@ def plan(
     missing = sorted(set(parsed.runs_on) - set(runner.labels))
     return {
         "steps": _steps(job),
+        "matrix": dict(job.matrix),
         "missing_labels": missing,
         **(_secrets(job, parsed) if not missing else {"secrets": {}, "secrets_error": ""}),
     }

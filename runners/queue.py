@@ -27,13 +27,14 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from builds.models import FINISHED, Build, Job, LogChunk, Status, Step
-from builds.pipeline import Pipeline, load
+from builds.pipeline import Pipeline, for_cell, load
 from builds.services import (
     CHECKOUT_STEP,
     InvalidRequest,
     build_settle,
     check_checkout_name,
-    check_one_job,
+    check_matrix_size,
+    create_cell_jobs,
     create_steps,
     notify_queue,
 )
@@ -302,16 +303,22 @@ def build_plan(
     """The pipeline read from the repository at the build's commit: validated
     (PipelineError: nothing changes), kept as the build's snapshot, its steps created
     after "clone", its `runs_on` as the job's labels. Fenced: only the worker that owns
-    this attempt plans it."""
+    this attempt plans it. With a matrix, this job becomes its first cell and each other
+    cell a queued job of its own (with its own checkout); the pipeline returned is this
+    job's cell's."""
     parsed = load(pipeline, filename)
-    check_one_job(parsed)
+    check_matrix_size(parsed)
     check_checkout_name(parsed)
     with fenced(job_id, attempt, runner):
         job = Job.objects.select_related("build").get(pk=job_id)
         Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
+        job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
+        if parsed.matrix:
+            create_cell_jobs(job.build, parsed, checkout=True, first=job)
+            notify_queue()
+            return for_cell(parsed, dict(parsed.matrix[0]))
         # Known only now: a worker without these labels hands the job back (worker.py).
         Job.objects.filter(pk=job_id).update(labels=list(parsed.runs_on))
-        job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
         create_steps(job, parsed, after_clone=True)
     return parsed
 

@@ -33,6 +33,7 @@ from builds.pipeline import (
     MAX_BYTES,
     Pipeline,
     PipelineError,
+    for_cell,
     load,
     secrets_wanted,
     with_secret_values,
@@ -324,8 +325,8 @@ class Worker:
         pipeline = None
         if build.pipeline:  # else the checkout reads it from the repository
             try:
-                pipeline = load(build.pipeline, build.project.pipeline_path)
-            except PipelineError as exc:  # validated at submit; only a format change gets here
+                pipeline = job_pipeline(job)
+            except (PipelineError, ValueError) as exc:  # validated at submit: a new format
                 self._finish(job, Status.ERROR, f"the pipeline is no longer valid: {exc}")
                 return
         workspace = make_workspace(job)
@@ -734,6 +735,13 @@ def secret_scope(build: Build) -> dict[str, Any]:
         origin = origin.rerun_of
     trigger = origin.trigger if origin is not None else build.trigger
     return {"event": EVENTS.get(trigger, trigger), "fork": build.fork}
+
+
+def job_pipeline(job: Job) -> Pipeline:
+    """The pipeline this job runs: the build's, or its matrix cell's (PipelineError,
+    ValueError for a cell the pipeline no longer has)."""
+    pipeline = load(job.build.pipeline, job.build.project.pipeline_path)
+    return for_cell(pipeline, job.matrix) if job.matrix else pipeline
 
 
 def job_secrets(build: Build, pipeline: Pipeline) -> dict[str, str]:

@@ -69,10 +69,14 @@ def nothing_left_in_docker() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def no_listen_connection_left() -> Iterator[None]:
     """A runner's long poll opens its web process's LISTEN connection (runners/api.py):
-    the test that served one closes it, before its test database may go."""
-    yield
+    each test may, and closes it after, before its test database may go (a poll still
+    in flight then opens none)."""
     import sys
 
     api = sys.modules.get("runners.api")
     if api is not None:
-        api.stop_listening()
+        api.listening(True)
+    yield
+    api = sys.modules.get("runners.api")
+    if api is not None:
+        api.listening(False)

@@ -72,6 +72,8 @@ BUILD_KEYS = {
 JOB_KEYS = {
     "id",
     "name",
+    "matrix",
+    "labels",
     "status",
     "attempt",
     "worker",
@@ -391,16 +393,32 @@ def test_a_bad_env_is_422_with_its_message(project: Any, api: Api) -> None:
     assert Build.objects.count() == 0
 
 
-def test_a_matrix_pipeline_is_422_until_the_server_runs_one_job_per_combination(
-    project: Any, api: Api
-) -> None:
-    matrix = "matrix: {SERVICE: [bot, api]}\nsteps: [{name: one, run: echo $SERVICE}]\n"
+def test_a_matrix_pipeline_queues_a_job_per_cell(project: Any, api: Api) -> None:
+    matrix = (
+        "matrix: {SERVICE: [bot, api]}\n"
+        "steps: [{name: one, image: 'reg.example/${SERVICE}:1', run: echo $SERVICE}]\n"
+    )
+    response = api.post("/api/builds", {"project": "shop", "pipeline": matrix})
+
+    assert response.status_code == 201, response.content
+    jobs = response.json()["jobs"]
+    assert [(j["name"], j["matrix"], j["status"]) for j in jobs] == [
+        ("SERVICE=bot", {"SERVICE": "bot"}, "queued"),
+        ("SERVICE=api", {"SERVICE": "api"}, "queued"),
+    ]
+    assert [[s["image"] for s in j["steps"]] for j in jobs] == [
+        ["reg.example/bot:1"],
+        ["reg.example/api:1"],
+    ]
+
+
+def test_a_matrix_of_too_many_steps_in_all_is_422(project: Any, api: Api) -> None:
+    steps = "".join(f"  - {{name: s{n}, run: 'true'}}\n" for n in range(30))
+    matrix = "matrix: {A: [" + ", ".join(str(n) for n in range(200)) + "]}\nsteps:\n" + steps
     response = api.post("/api/builds", {"project": "shop", "pipeline": matrix})
 
     assert response.status_code == 422
-    assert response.json()["detail"].startswith(
-        "`matrix:` (2 combinations) runs only with `goci run` for now"
-    )
+    assert response.json()["detail"].startswith("the matrix makes 200 jobs of 30 steps, 6000")
     assert Build.objects.count() == 0
 
 

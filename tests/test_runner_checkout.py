@@ -268,3 +268,33 @@ def test_a_runner_stopped_past_the_grace_hands_its_job_back_at_once(
     assert (job.status, job.attempt, job.runner) == (Status.QUEUED, 2, None)
     assert time.monotonic() - stopped < 15
     assert "handed back" in err
+
+
+def test_a_matrix_read_at_checkout_on_a_runner_runs_every_cell(
+    tmp_path: Path, live_server: Any, server: GitServer
+) -> None:
+    repo = server.repo("shop")
+    pipeline = "matrix: {SERVICE: [bot, api]}\nsteps: [{name: show, run: 'cat $SERVICE.txt'}]\n"
+    commit = repo.commit({".goci.yml": pipeline, "bot.txt": "the bot\n", "api.txt": "the api\n"})
+    build = push_build(project_for(server, repo), commit)
+    config = register(tmp_path, live_server.url, "--capacity", "2")
+    runner = start_runner(tmp_path, config, **LOCAL)
+    try:
+        wait_for(
+            lambda: Build.objects.get(pk=build.pk).status not in (Status.QUEUED, Status.RUNNING),
+            60,
+            "the build to end",
+        )
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        finished(runner)
+
+    build.refresh_from_db()
+    assert build.status == Status.SUCCESS
+    jobs = list(Job.objects.filter(build=build).order_by("id"))
+    assert [(j.name, j.matrix) for j in jobs] == [
+        ("SERVICE=bot", {"SERVICE": "bot"}),
+        ("SERVICE=api", {"SERVICE": "api"}),
+    ]
+    shown = [[t for _, t in log_lines(Step.objects.get(job=j, name="show"))] for j in jobs]
+    assert shown == [["the bot"], ["the api"]]
