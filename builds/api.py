@@ -357,6 +357,7 @@ class JobOut(Schema):
     name: str = Field(description="'default', or its matrix cell's name: 'SERVICE=bot'.")
     matrix: dict[str, str] = Field(description="Its matrix cell's values ({} if none).")
     labels: list[str] = Field(description="The labels a runner needs to take it (runs_on).")
+    allow_failure: bool = Field(description="Its failure does not fail the build.")
     status: str
     attempt: int
     worker: str

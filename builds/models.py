@@ -180,6 +180,8 @@ class Job(models.Model):
     # The values of its matrix cell, by variable ({} outside a matrix): the job runs
     # builds.pipeline.for_cell(pipeline, matrix).
     matrix = models.JSONField(default=dict, blank=True)
+    # Its cell may fail without failing the build (`matrix: {allow_failure: [...]}`).
+    allow_failure = models.BooleanField(default=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -179,6 +179,9 @@ class Pipeline:
     # `matrix:` - one mapping of variable -> value per combination, in order (see
     # for_cell); () without a matrix, and in the pipeline for_cell returns.
     matrix: tuple[Mapping[str, str], ...] = ()
+    # `matrix: {allow_failure: [...]}` - a cell that has all the values of one of these
+    # may fail without failing the build (cell_may_fail).
+    matrix_may_fail: tuple[Mapping[str, str], ...] = ()
 
 
 # Limits that protect the server from hostile or broken files; all are checked
@@ -415,6 +418,11 @@ _MATRIX_KEYS: dict[str, tuple[str, _Schema]] = {
         "(before include is applied).",
         {"type": "array", "minItems": 1, "items": _MATRIX_ROW},
     ),
+    "allow_failure": (
+        "Mappings of NAME: value; a combination that has all of one's values may fail "
+        "without failing the build (GitHub Actions' continue-on-error).",
+        {"type": "array", "minItems": 1, "items": _MATRIX_ROW},
+    ),
 }
 _CLONE_KEYS: dict[str, tuple[str, _Schema]] = {
     "depth": (
@@ -564,6 +572,14 @@ def matrix_variables(pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for cell in pipeline.matrix for name in cell))
 
 
+def cell_may_fail(pipeline: Pipeline, values: Mapping[str, str]) -> bool:
+    """Whether this cell of the matrix may fail without failing the build."""
+    return any(
+        all(values.get(name) == value for name, value in row.items())
+        for row in pipeline.matrix_may_fail
+    )
+
+
 def cell_name(values: Mapping[str, str]) -> str:
     """`GO=1.22, OS=linux`: one cell of a matrix, by its variables in alphabetical order,
     so that the name does not depend on how the values were stored. At most
@@ -637,6 +653,7 @@ def for_cell(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
         secret_env=no_secret(pipeline.secret_env),
         when=sub_when(pipeline.when),
         matrix=(),
+        matrix_may_fail=(),
     )
 
 
@@ -1506,6 +1523,7 @@ class _Checker:
         # The matrix's variables, known before the rest of the file is read, so that
         # the checks of strings that use them wait for their values.
         self.variables: frozenset[str] = frozenset()
+        self.may_fail: tuple[dict[str, str], ...] = ()
         self.deferred: list[_Deferred] = []
         self.substituted = 0  # strings that use a matrix variable (MAX_SUBSTITUTIONS)
         self.matrix_node: Node | None = None  # the key `matrix`, if there is one
@@ -1901,11 +1919,39 @@ class _Checker:
             broken = broken or values is None
         include = self.rows(mapping, "include", axes)
         exclude = self.rows(mapping, "exclude", axes)
+        may_fail = self.rows(mapping, "allow_failure", axes)
         names = [*axes, *(name for row, _, _ in include or () for name in row if name not in axes)]
         self.variables = frozenset(names)
-        if broken or include is None or exclude is None or len(self.problems) > before:
+        if (
+            broken
+            or include is None
+            or exclude is None
+            or may_fail is None
+            or len(self.problems) > before
+        ):
             return ()
-        return self.expand(self.matrix_node, axes, include, exclude)
+        cells = self.expand(self.matrix_node, axes, include, exclude)
+        self.may_fail = self.allowed_to_fail(may_fail, names, cells) if cells else ()
+        return cells
+
+    def allowed_to_fail(
+        self,
+        rows: Sequence[tuple[dict[str, str], Node, str]],
+        names: Sequence[str],
+        cells: Sequence[Mapping[str, str]],
+    ) -> tuple[dict[str, str], ...]:
+        """`allow_failure:` entries: each names variables of the matrix, and matches at
+        least one of its cells (else it is a mistake, reported)."""
+        for row, item, path in rows:
+            if unknown := [name for name in row if name not in names]:
+                hint = _did_you_mean(unknown[0], names)
+                message = f"{unknown[0]!r} is not a variable of the matrix" + (
+                    f" ({hint})" if hint else f" ({', '.join(names)})"
+                )
+                self.add(item, path, message)
+            elif not any(all(cell.get(k) == v for k, v in row.items()) for cell in cells):
+                self.add(item, path, "it matches no combination of the matrix: fix or remove it")
+        return tuple(row for row, _, _ in rows)
 
     def axis(self, node: Node, path: str) -> list[str] | None:
         """An axis: a non-empty list of values, each once; None if anything is wrong."""
@@ -1973,7 +2019,10 @@ class _Checker:
             pairs = self.mapping(item, item_path, "a mapping of NAME: value")
             if not pairs:
                 if pairs is not None:
-                    what = "would remove every combination" if key == "exclude" else "adds nothing"
+                    what = {
+                        "exclude": "would remove every combination",
+                        "allow_failure": "would let every combination fail",
+                    }.get(key, "adds nothing")
                     self.add(item, item_path, f"the mapping is empty: it {what}; remove it")
                 valid = False
                 continue
@@ -2226,6 +2275,7 @@ class _Checker:
             when=when,
             runs_on=runs_on,
             matrix=cells,
+            matrix_may_fail=self.may_fail if cells else (),
         )
 
     def runs_on(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[str, ...]:

@@ -40,7 +40,7 @@ from builds.models import (
     WebhookDelivery,
     default_token_scopes,
 )
-from builds.pipeline import Pipeline, cell_name, for_cell, load, plan
+from builds.pipeline import Pipeline, cell_may_fail, cell_name, for_cell, load, plan
 from builds.secrets import decrypt, encrypt
 from goci import audit
 
@@ -564,7 +564,12 @@ def create_cell_jobs(
     one that read the pipeline at checkout, its clone step made) becomes cell 0."""
     for index, cell in enumerate(parsed.matrix):
         values = dict(cell)
-        fields = {"name": cell_name(values), "matrix": values, "labels": list(parsed.runs_on)}
+        fields = {
+            "name": cell_name(values),
+            "matrix": values,
+            "labels": list(parsed.runs_on),
+            "allow_failure": cell_may_fail(parsed, values),
+        }
         if index == 0 and first is not None:
             Job.objects.filter(pk=first.pk).update(**fields)
             job = first
@@ -671,8 +676,12 @@ def build_rerun(*, build: Build, author: User | None) -> Build:
 
 
 def build_settle(build: Build, now: Any) -> None:
-    """Derive the build's status from its jobs (the build row is locked)."""
-    statuses = list(build.jobs.values_list("status", flat=True))
+    """Derive the build's status from its jobs (the build row is locked). A failed job
+    allowed to fail (a matrix cell) counts as a success."""
+    statuses = [
+        Status.SUCCESS if status == Status.FAILURE and may_fail else status
+        for status, may_fail in build.jobs.values_list("status", "allow_failure")
+    ]
     if any(s in (Status.QUEUED, Status.RUNNING) for s in statuses):
         status = Status.RUNNING if Status.RUNNING in statuses else build.status
     elif Status.ERROR in statuses:

@@ -31,6 +31,7 @@ from builds.pipeline import (
     Pipeline,
     PipelineError,
     Step,
+    cell_may_fail,
     cell_name,
     for_cell,
     json_schema,
@@ -416,11 +417,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         not_run = f"; {left} matrix cell{'s' if left != 1 else ''} not run" if left else ""
         print(f"goci: interrupted; every step was stopped{not_run}", file=sys.stderr)
         return EXIT_TERMINATED if received[0] == signal.SIGTERM else EXIT_INTERRUPTED
-    failed = [status for _, status in results if status is not Status.SUCCESS]
+    # A cell allowed to fail (`matrix: {allow_failure: ...}`) fails only its own line.
+    may_fail = {cell_name(cell) for cell in cells if cell_may_fail(pipeline, cell)}
+    failed = [
+        status
+        for name, status in results
+        if status is not Status.SUCCESS and not (status is Status.FAILURE and name in may_fail)
+    ]
     if len(results) > 1 and reporter is not None:
         width = max(len(name) for name, _ in results)
         lines = ["", reporter._paint("1", f"{'CELL'.ljust(width)}  STATUS")]
-        lines += [f"{name.ljust(width)}  {reporter._status(status)}" for name, status in results]
+        lines += [
+            f"{name.ljust(width)}  {reporter._status(status)}"
+            + (" (allowed to fail)" if name in may_fail else "")
+            for name, status in results
+        ]
         counts: dict[str, int] = {}
         for _, status in results:
             counts[str(status)] = counts.get(str(status), 0) + 1

@@ -74,6 +74,7 @@ JOB_KEYS = {
     "name",
     "matrix",
     "labels",
+    "allow_failure",
     "status",
     "attempt",
     "worker",

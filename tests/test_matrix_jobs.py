@@ -96,6 +96,25 @@ def test_one_failing_cell_fails_the_build_and_the_others_still_run() -> None:
     assert list(statuses) == [Status.SUCCESS, Status.FAILURE, Status.SUCCESS]
 
 
+@override_settings(GOCI_HOST_STEPS="allow")
+def test_a_cell_allowed_to_fail_does_not_fail_the_build() -> None:
+    pipeline = """
+    matrix:
+      PY: ["3.11", "3.13-dev"]
+      allow_failure:
+        - {PY: 3.13-dev}
+    steps: [{name: test, run: 'test "$PY" = 3.11'}]
+    """
+    build = run_all(submit(make_project(), pipeline))
+
+    assert build.status == Status.SUCCESS
+    jobs = Job.objects.filter(build=build).order_by("id")
+    assert list(jobs.values_list("name", "status", "allow_failure")) == [
+        ("PY=3.11", Status.SUCCESS, False),
+        ("PY=3.13-dev", Status.FAILURE, True),
+    ]
+
+
 def test_cancel_ends_every_queued_cell() -> None:
     build = submit(make_project(), "matrix: {N: [a, b]}\nsteps: [{name: s, run: 'true'}]")
 

@@ -1066,12 +1066,14 @@ def test_json_schema_keys_are_the_keys_the_validator_knows() -> None:
     step = schema["definitions"]["step"]
     when = schema["definitions"]["when"]
     # secret_env: what env: {X: {from_secret: y}} becomes, not a key of its own;
-    # clone_depth: what clone: {depth: N} becomes.
+    # clone_depth: what clone: {depth: N} becomes; matrix_may_fail: what
+    # matrix: {allow_failure: [...]} becomes.
     step_fields = {f.name for f in dataclasses.fields(Step)} - {"index", "secret_env"}
     pipeline_fields = {f.name for f in dataclasses.fields(Pipeline)} - {
         "filename",
         "secret_env",
         "clone_depth",
+        "matrix_may_fail",
     }
     assert set(step["properties"]) == step_fields
     assert set(properties) == pipeline_fields

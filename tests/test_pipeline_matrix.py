@@ -22,6 +22,7 @@ from builds.pipeline import (
     PipelineError,
     Problem,
     When,
+    cell_may_fail,
     cell_name,
     for_cell,
     json_schema,
@@ -821,7 +822,7 @@ def test_json_schema_describes_the_matrix() -> None:
     schema: Any = json_schema()  # JSON: nested dicts of any shape
     assert schema["properties"]["matrix"]["description"]
     matrix = schema["definitions"]["matrix"]
-    assert set(matrix["properties"]) == {"include", "exclude"}
+    assert set(matrix["properties"]) == {"include", "exclude", "allow_failure"}
     assert matrix["additionalProperties"]["type"] == "array"
     assert matrix["additionalProperties"]["minItems"] == 1
     row = matrix["properties"]["include"]["items"]
@@ -1027,3 +1028,55 @@ steps:
     assert "=== matrix cell 2 of 3" not in out
     assert ran(tmp_path) == ["1"]
     assert processes_matching(f"sleep {marker}") == []
+
+
+# -- allow_failure: cells that may fail without failing the build -----------------------
+
+MAY_FAIL = """
+matrix:
+  PY: ["3.11", "3.12", "3.13-dev"]
+  OS: [linux, mac]
+  allow_failure:
+    - {PY: 3.13-dev}
+    - {PY: "3.12", OS: mac}
+steps:
+  - run: make
+"""
+
+
+def test_allow_failure_names_the_cells_that_may_fail() -> None:
+    parsed = load(yml(MAY_FAIL), "p.yml")
+
+    may_fail = [cell_name(cell) for cell in parsed.matrix if cell_may_fail(parsed, cell)]
+
+    assert may_fail == ["OS=mac, PY=3.12", "OS=linux, PY=3.13-dev", "OS=mac, PY=3.13-dev"]
+    assert for_cell(parsed, parsed.matrix[0]).matrix_may_fail == ()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ("[{PYTHON: 3.11}]", "'PYTHON' is not a variable of the matrix (PY)"),
+        ("[{PY: '3.9'}]", "it matches no combination of the matrix: fix or remove it"),
+        ("[{}]", "the mapping is empty: it would let every combination fail; remove it"),
+        ("{PY: '3.11'}", "expected a list of mappings (`- NAME: value`), found a mapping"),
+    ],
+)
+def test_a_wrong_allow_failure_entry_is_named_with_its_position(entries: str, message: str) -> None:
+    source = f"matrix:\n  PY: ['3.11', '3.12']\n  allow_failure: {entries}\n{STEP}"
+
+    assert [p.message for p in problems(source)] == [message]
+    assert problems(source)[0].line == 3
+
+
+def test_goci_run_exits_0_when_only_a_cell_allowed_to_fail_failed(tmp_path: Path) -> None:
+    write_pipeline(
+        tmp_path,
+        RUN.replace("  include:", "  allow_failure:\n    - {SERVICE: bot}\n  include:", 1),
+    )
+    done = goci("run", cwd=tmp_path, env={"FAIL_ON": "bot"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SERVICE=bot             ✘ failure (allowed to fail)" in done.stdout
+
+    done = goci("run", cwd=tmp_path, env={"FAIL_ON": "api"})
+    assert done.returncode == 1
