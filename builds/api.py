@@ -50,7 +50,7 @@ from pydantic import BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
 from builds import access, access_tokens, secrets, services
-from builds.logs import log_pieces, stream_text
+from builds.logs import log_pieces, step_key_filter, stream_text
 from builds.models import (
     TOKEN_SCOPES,
     ApiToken,
@@ -742,7 +742,13 @@ def rerun_build(request: HttpRequest, build_id: int) -> Reply[Build]:
 def build_logs(
     request: HttpRequest,
     build_id: int,
-    step: QueryEx[Text | None, P(description="Only this step's lines, without a header.")] = None,
+    step: QueryEx[
+        Text | None,
+        P(
+            description="Only this step's lines, without a header. A matrix cell's step: "
+            "`CELL / name`, as in the log's headers."
+        ),
+    ] = None,
     after: QueryEx[
         int, P(ge=0, le=MAX_LINE, description="With `step`: only the lines after this one.")
     ] = 0,
@@ -752,7 +758,10 @@ def build_logs(
     build = _find_build(request, build_id, access.READ)
     if after and step is None:
         raise services.InvalidRequest("after: line numbers count per step; give step= too")
-    if step is not None and not Step.objects.filter(job__build=build, name=step).exists():
+    if (
+        step is not None
+        and not Step.objects.filter(step_key_filter(step), job__build=build).exists()
+    ):
         raise _not_found(f"step {step!r} of build {build.pk}")
     pieces = log_pieces(build.pk, step=step, after=after, follow=follow)
     return stream_text(request, pieces)

@@ -4,6 +4,8 @@ The database is the record and the channel layer a preview (builds/live.py): a c
 says which lines it holds, gets the rest from the database, then follows the build's
 group. The protocol, as JSON messages:
 
+A step is known by its Step.key: its name, or in a matrix build "CELL / name".
+
 client -> server:
     {"type": "resume", "attempt": a, "steps": {"<step>": <last line held>, ...}}  (once)
     {"type": "ack", "received": n}     (n: how many messages it has taken off this socket)
@@ -40,6 +42,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import DatabaseError
+from django.db.models import QuerySet
 
 from builds import access
 from builds.live import STEP_VALUES, build_group, step_message
@@ -78,7 +81,7 @@ class _Pending:
     """A step whose catch-up is not done: its lines after `after` are still to send."""
 
     step_id: int
-    name: str
+    key: str  # Step.key
     attempt: int
     after: int
 
@@ -95,7 +98,7 @@ class BuildConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # channe
         self.started = False  # a resume came
         self.resumed = False  # the catch-up is done: every live message is forwarded
         self.pending: deque[_Pending] = deque()
-        self.live_steps: set[str] = set()  # caught up: their live lines are forwarded
+        self.live_steps: set[str] = set()  # keys of the steps caught up: live lines go on
         self.sent = 0
         self.acked = 0
         self.unacked: deque[tuple[int, int]] = deque()  # (message number, characters)
@@ -197,10 +200,10 @@ class BuildConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # channe
 
     async def start_catch_up(self, attempt: int | None, held: dict[str, int]) -> None:
         steps = await database_sync_to_async(_current_steps)(self.build_id)
-        for step_id, name, step_attempt in steps:
+        for step_id, key, step_attempt in steps:
             # Line numbers count per attempt: a page showing an older attempt starts over.
-            after = held.get(name, 0) if attempt == step_attempt else 0
-            self.pending.append(_Pending(step_id, name, step_attempt, after))
+            after = held.get(key, 0) if attempt == step_attempt else 0
+            self.pending.append(_Pending(step_id, key, step_attempt, after))
         await self.catch_up()
 
     async def catch_up(self) -> None:
@@ -219,12 +222,12 @@ class BuildConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # channe
             )
             if not lines:
                 self.pending.popleft()
-                self.live_steps.add(step.name)
+                self.live_steps.add(step.key)
                 continue
             await self._send(
                 {
                     "type": "lines",
-                    "step": step.name,
+                    "step": step.key,
                     "attempt": step.attempt,
                     "first": first,
                     "lines": lines,
@@ -237,8 +240,8 @@ class BuildConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # channe
         # last lines on their way in the channel, never a status older than its lines.
         steps, build_status = await database_sync_to_async(_statuses)(self.build_id)
         self.resumed = True
-        for step_values in steps:
-            await self._send(step_message(step_values))
+        for message in steps:
+            await self._send(message)
         if build_status is not None:
             await self._send({"type": "build", "status": build_status})
         await self._send({"type": "caught_up"})
@@ -289,13 +292,19 @@ def _is_int(value: object) -> TypeGuard[int]:
 # -- database reads (run in a thread by database_sync_to_async) ----------------------
 
 
-def _current_steps(build_id: int) -> list[tuple[int, str, int]]:
-    """(id, name, attempt of its job) of the build's steps."""
-    return list(
+def _steps(build_id: int, *fields: str) -> QuerySet[Step]:
+    """The build's steps with `fields` and what Step.key needs, in page order."""
+    return (
         Step.objects.filter(job__build_id=build_id)
+        .select_related("job")
+        .only(*fields, "name", "job__name", "job__matrix")
         .order_by("job_id", "position")
-        .values_list("id", "name", "job__attempt")
     )
+
+
+def _current_steps(build_id: int) -> list[tuple[int, str, int]]:
+    """(id, key, attempt of its job) of the build's steps."""
+    return [(step.pk, step.key, step.job.attempt) for step in _steps(build_id, "job__attempt")]
 
 
 def _lines_after(step_id: int, attempt: int, after: int) -> tuple[int, list[str]]:
@@ -321,9 +330,9 @@ def _lines_after(step_id: int, attempt: int, after: int) -> tuple[int, list[str]
 
 
 def _statuses(build_id: int) -> tuple[list[dict[str, Any]], str | None]:
-    steps = list(
-        Step.objects.filter(job__build_id=build_id)
-        .order_by("job_id", "position")
-        .values(*STEP_VALUES)
-    )
+    """The "step" message of each step, and the build's status."""
+    steps = [
+        step_message({**{field: getattr(step, field) for field in STEP_VALUES}, "name": step.key})
+        for step in _steps(build_id, *STEP_VALUES)
+    ]
     return steps, Build.objects.filter(pk=build_id).values_list("status", flat=True).first()

@@ -26,7 +26,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
 from builds.access import find_build_for_user
-from builds.models import FINISHED, Build, LogChunk, Step
+from builds.models import FINISHED, Build, LogChunk, Step, matrix_key
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 5000
@@ -187,7 +187,7 @@ def step_lines(request: HttpRequest, build_id: int, position: int) -> JsonRespon
     except BadRequest as exc:
         return _error(400, str(exc))
     body: dict[str, Any] = {
-        "step": step.name,
+        "step": step.key,
         "attempt": attempt,
         "status": step.status,
         "build_status": build.status if build is not None else None,
@@ -229,8 +229,22 @@ Pieces = Generator[str | None, None, None]
 # Whole logs as streamed text (API and downloads): bounded pieces, followed by polling.
 
 
+def step_key_filter(key: str) -> Q:
+    """The steps whose Step.key is `key`: a step of a job outside a matrix by its name,
+    a matrix cell's step by "CELL / name" (its key, split at each " / " it holds, since
+    a cell's name may hold one too). In one build, one step at most."""
+    found = Q(job__matrix={}, name=key)
+    separator = matrix_key("", "")  # " / "
+    cut = key.find(separator)
+    while cut != -1:
+        found |= Q(job__name=key[:cut], name=key[cut + len(separator) :]) & ~Q(job__matrix={})
+        cut = key.find(separator, cut + 1)
+    return found
+
+
 def log_pieces(build_id: int, *, step: str | None, after: int, follow: bool) -> Pieces:
     """The log text in pieces, and None where a follower should wait and poll again.
+    `step`: only the lines of the step whose Step.key it is.
 
     Each pass reads the build's status, then its steps with their job's current
     attempt, then the chunks past what was sent. A build that had finished before a
@@ -242,10 +256,15 @@ def log_pieces(build_id: int, *, step: str | None, after: int, follow: bool) -> 
     while True:
         status = Build.objects.filter(pk=build_id).values_list("status", flat=True).first()
         finished = status is None or status in FINISHED  # None: deleted meanwhile
-        steps = Step.objects.filter(job__build_id=build_id).order_by("job_id", "position", "id")
+        steps = (
+            Step.objects.filter(job__build_id=build_id)
+            .select_related("job")
+            .only("name", "status", "job__attempt", "job__name", "job__matrix")
+            .order_by("job_id", "position", "id")
+        )
         if step is not None:
-            steps = steps.filter(name=step)
-        current = list(steps.values_list("id", "name", "status", "job__attempt"))
+            steps = steps.filter(step_key_filter(step))
+        current = [(row.pk, row.key, row.status, row.job.attempt) for row in steps]
         if first:
             reader.sent = {(step_id, attempt): after for step_id, _, _, attempt in current}
         yield from reader.read(current, first=first)
@@ -267,15 +286,15 @@ class _LogReader:
     def read(self, steps: list[tuple[int, str, str, int]], *, first: bool) -> Iterator[str]:
         chunks = _Peekable(self._chunks(steps))
         try:
-            for step_id, name, status, attempt in steps:
-                key = (step_id, attempt)
+            for step_id, key, status, attempt in steps:
+                cursor = (step_id, attempt)
                 # The first pass shows every step's header; later passes only where new
                 # lines do not continue the step shown last.
-                if self.headers and (first or chunks.step_id == step_id) and self.shown != key:
-                    yield f"==> {name} ({status})\n"
-                    self.shown = key
+                if self.headers and (first or chunks.step_id == step_id) and self.shown != cursor:
+                    yield f"==> {key} ({status})\n"
+                    self.shown = cursor
                 while chunks.step_id == step_id:
-                    yield self._text(key, chunks.pop())
+                    yield self._text(cursor, chunks.pop())
         finally:
             chunks.close()
 

@@ -54,6 +54,7 @@ from builds.forms import (
 from builds.logs import iter_step_lines, log_pieces, stream_text
 from builds.models import (
     Build,
+    Job,
     LogChunk,
     Membership,
     Project,
@@ -312,7 +313,9 @@ def _project_page(request: HttpRequest, project: Project, form: RunPipelineForm)
 @require_GET
 def build_detail(request: HttpRequest, build_id: int) -> HttpResponse:
     """A build: its header, the picture of its pipeline, and a log section per step
-    (the lines themselves are fetched and followed by static/logview.js)."""
+    (the lines themselves are fetched and followed by static/logview.js). A build of
+    several jobs (a matrix) has a column per job, with its steps and its picture, and
+    the logs below, by job."""
     build = _build_or_404(request, build_id)
     if _htmx(request):
         # The header polls itself while the build runs (its buttons change with it).
@@ -321,7 +324,13 @@ def build_detail(request: HttpRequest, build_id: int) -> HttpResponse:
         Step.objects.filter(job__build=build).select_related("job").order_by("job_id", "position")
     )
     _with_step_details(steps, build)
-    context = {**_header_context(build), "steps": steps, "graph": _graph(steps)}
+    cells = _cells(_jobs(build), steps)
+    context = {
+        **_header_context(build),
+        "steps": steps,
+        "cells": cells,
+        "graph": None if cells else _graph(steps),
+    }
     response = render(request, "builds/build_detail.html", context)
     patch_vary_headers(response, ("HX-Request",))
     return response
@@ -369,14 +378,15 @@ def step_raw(request: HttpRequest, build_id: int, position: int) -> StreamingHtt
     if step is None:
         raise Http404("no such step")
     lines = (f"{text}\n" for _, text, _ in iter_step_lines(step, step.job.attempt))
-    filename = f"{build.project.slug}-{build.number}-{step.name}.log"
+    filename = f"{build.project.slug}-{build.number}-{step.key}.log"
     return _attachment(stream_text(request, lines), filename)
 
 
 @login_required
 @require_GET
 def build_raw(request: HttpRequest, build_id: int) -> StreamingHttpResponse:
-    """The whole log: every step under a `==> name (status)` header."""
+    """The whole log: every step under a `==> name (status)` header (in a matrix
+    build, `==> CELL / name (status)`)."""
     build = _build_or_404(request, build_id)
     # The API's reader: the same text as GET /api/builds/<id>/logs, streamed under ASGI.
     pieces = log_pieces(build.pk, step=None, after=0, follow=False)
@@ -776,7 +786,35 @@ def _header_context(build: Build) -> dict[str, Any]:
 
 
 def _header(request: HttpRequest, build: Build) -> HttpResponse:
-    return render(request, "builds/build_detail.html#build-header", _header_context(build))
+    context = _header_context(build)
+    # A matrix build's job badges come with the header, swapped in out of band: the
+    # header polls while the build runs, and once more when it ends.
+    jobs = _jobs(build)
+    context["job_badges"] = jobs if len(jobs) > 1 else []
+    return render(request, "builds/build_detail.html#build-header", context)
+
+
+def _jobs(build: Build) -> list[Job]:
+    return list(Job.objects.filter(build=build).order_by("id"))
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One job of a build of several (a matrix cell): its steps and their picture."""
+
+    job: Job
+    steps: list[Step]
+    graph: _Graph
+
+
+def _cells(jobs: list[Job], steps: list[Step]) -> list[_Cell]:
+    """A cell per job of a build of several, in job order; [] for a build of one."""
+    if len(jobs) < 2:
+        return []
+    by_job: dict[int, list[Step]] = {job.pk: [] for job in jobs}
+    for step in steps:
+        by_job[step.job_id].append(step)
+    return [_Cell(job, by_job[job.pk], _graph(by_job[job.pk])) for job in jobs]
 
 
 def _with_step_details(steps: list[Step], build: Build) -> None:

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from builds.live import Publisher, step_message
 from builds.models import Job
+from builds.models import Step as StepRow
 from builds.pipeline import Step
 from runners import queue
 from runners.engine import BuildResult, StepResult
@@ -86,6 +87,7 @@ class LogSink:
         self.job_id = job.pk
         self.attempt = job.attempt
         self.build_id = job.build_id
+        self.job = job  # its name and matrix cell: the steps' keys on the page
         self.step_ids = step_ids
         self.publisher = publisher
         self.mask = Masker(secrets)
@@ -184,7 +186,7 @@ class LogSink:
                 {
                     "type": "log.lines",
                     "build": self.build_id,
-                    "step": step,
+                    "step": self._key(step),
                     "attempt": self.attempt,
                     "first": first,
                     "lines": lines,
@@ -196,8 +198,12 @@ class LogSink:
 
     def _step(self, step: str, state: dict[str, Any]) -> dict[str, Any]:
         """The "step" message the consumer's catch-up makes of the stored row."""
-        message = step_message({**state, "name": step})
+        message = step_message({**state, "name": self._key(step)})
         return {**message, "type": "step.status", "build": self.build_id}
+
+    def _key(self, step: str) -> str:
+        """The step as the browser knows it: Step.key (in a matrix cell, "CELL / name")."""
+        return StepRow(job=self.job, name=step).key
 
 
 class BuildReporter:

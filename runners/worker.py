@@ -476,6 +476,12 @@ class Worker:
                 checkout.fetch(pipeline.clone_depth if pipeline is not None else 1)
                 if pipeline is None:
                     pipeline = self._plan(job, checkout, build.project.pipeline_path)
+                    # A matrix made this job its first cell: its name and values make its
+                    # steps' keys, by which its reporter's messages reach the page.
+                    with_retry(
+                        lambda: job.refresh_from_db(fields=["name", "matrix"]),
+                        what="reading the job's cell",
+                    )
                     steps = dict(Step.objects.filter(job_id=job.pk).values_list("name", "pk"))
                     if missing := sorted(set(pipeline.runs_on) - set(self.labels)):
                         raise _HandBack(missing)
