@@ -36,7 +36,8 @@ from pydantic_core import PydanticCustomError
 
 from builds import access_tokens, services
 from builds import api as user_api
-from builds.models import Job
+from builds.live import STEP_VALUES, Publisher, step_message
+from builds.models import Job, Step
 from builds.pipeline import MAX_BYTES, Pipeline, PipelineError
 from builds.secrets import CLONE_SSH_KEY, CLONE_TOKEN, SecretError, SecretRefused, secret_for_goci
 from goci.audit import context
@@ -402,7 +403,12 @@ def _look(runner_id: int) -> tuple[str, dict[str, Any] | None]:
         if runner is None or runner.state != Runner.State.ACTIVE:
             return "stop", None
         job = queue.runner_claim(runner=runner)
-        return ("job", _job_payload(job)) if job is not None else ("idle", None)
+        if job is None:
+            return "idle", None
+        payload = _job_payload(job)
+        running = {"type": "build.status", "build": job.build_id, "status": "running"}
+        _live().publish(job.build_id, running)  # the page shows it without waiting to poll
+        return "job", payload
     finally:
         if not connection.in_atomic_block:
             connection.close()
@@ -556,13 +562,14 @@ def report(
     for _, first, chunk in payload.chunks:
         if first + len(chunk) - 1 > MAX_LINE:
             raise services.InvalidRequest(f"line numbers go up to {MAX_LINE}")
-    queue.runner_report(
+    reported = queue.runner_report(
         runner=_runner(request),
         job_id=job_id,
         attempt=attempt,
         steps={step: state.model_dump(exclude_unset=True) for step, state in payload.steps.items()},
         chunks=payload.chunks,
     )
+    _publish_report(attempt, reported)
     return Reply(200, None)
 
 
@@ -632,7 +639,57 @@ def finish(
         status=payload.status,
         error=payload.error,
     )
+    build_id = Job.objects.filter(pk=job_id).values_list("build_id", flat=True).get()
+    _live().publish(build_id, {"type": "build.status", "build": build_id, "status": status})
     return {"build_status": status}
+
+
+# ---------------------------------------------------------------------------
+# Live pages: what a runner's report stored is published to the build's group, as a
+# worker's reporter does (runners/reporting.py), after the commit; the database stays
+# the record, a page that loads from it and then listens misses nothing.
+
+_publisher: Publisher | None = None
+LIVE_LINES = 2000  # lines a live message carries at most, as a worker's batches
+
+
+def _live() -> Publisher:
+    global _publisher  # noqa: PLW0603  (one per web process)
+    with _waiters_lock:
+        if _publisher is None:
+            _publisher = Publisher()
+        return _publisher
+
+
+def _publish_report(attempt: int, reported: queue.Reported) -> None:
+    """A step's lines come after it started and before it ended, as on the page."""
+    if not reported.steps and not reported.lines:
+        return
+    build_id = (reported.steps or [line[0] for line in reported.lines])[0].job.build_id
+
+    def state(step: Step) -> dict[str, Any]:
+        values = {name: getattr(step, name) for name in STEP_VALUES}
+        message = step_message({**values, "name": step.key})
+        return {**message, "type": "step.status", "build": build_id}
+
+    running = [step for step in reported.steps if step.status == "running"]
+    messages = [state(step) for step in running]
+    messages += [
+        {
+            "type": "log.lines",
+            "build": build_id,
+            "step": step.key,
+            "attempt": attempt,
+            "first": first + start,
+            "lines": list(lines[start : start + LIVE_LINES]),
+        }
+        for step, first, lines in reported.lines
+        for start in range(0, len(lines), LIVE_LINES)
+    ]
+    messages += [state(step) for step in reported.steps if step.status != "running"]
+    publisher = _live()
+    for message in messages:
+        publisher.publish(build_id, message)
 
 
 # ---------------------------------------------------------------------------

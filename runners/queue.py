@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -401,6 +402,15 @@ def _unstored(
     return pieces
 
 
+@dataclass
+class Reported:
+    """What a report stored, for the live page: the steps whose state changed (as they
+    are now) and each batch of lines not stored before, with its step."""
+
+    steps: list[Step]
+    lines: list[tuple[Step, int, Sequence[str]]]
+
+
 def runner_report(
     *,
     runner: Runner,
@@ -408,14 +418,14 @@ def runner_report(
     attempt: int,
     steps: Mapping[int, Mapping[str, Any]],
     chunks: Sequence[tuple[int, int, Sequence[str]]],
-) -> None:
+) -> Reported:
     """Store step states and log batches in one fenced transaction, each line once
     however often a batch is sent: the job row's lock orders concurrent resends, and
     each stores only the lines not stored yet. Step ids must be the job's
     (InvalidRequest)."""
     with _held(runner, job_id, attempt), fenced(job_id, attempt, runner):
-        own = set(Step.objects.filter(job_id=job_id).values_list("pk", flat=True))
-        if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - own):
+        own = {step.pk: step for step in Step.objects.filter(job_id=job_id).select_related("job")}
+        if strangers := sorted({*steps, *(step for step, _, _ in chunks)} - set(own)):
             raise InvalidRequest(f"step {strangers[0]} is not a step of job {job_id}")
         batches = [
             piece
@@ -424,6 +434,13 @@ def runner_report(
             for piece in _unstored(step, attempt, first, lines)
         ]
         _write(attempt, steps, batches)
+    for step_id, fields in steps.items():
+        for name, value in fields.items():
+            setattr(own[step_id], name, value)
+    return Reported(
+        steps=[own[step_id] for step_id in steps],
+        lines=[(own[step_id], first, lines) for step_id, first, lines in batches],
+    )
 
 
 def runner_plan(

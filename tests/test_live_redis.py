@@ -69,3 +69,58 @@ async def test_lines_of_a_worker_process_reach_the_socket_through_redis(tmp_path
         await ws.disconnect()
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=20)
+
+
+async def test_lines_of_a_remote_runner_reach_the_socket_live(
+    tmp_path: Path, live_server: Any
+) -> None:
+    """A runner's reports are published by the web process that stores them."""
+    if "RedisChannelLayer" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        need("Redis: set REDIS_URL=redis://127.0.0.1:6379/0")
+    from channels.testing import WebsocketCommunicator
+
+    from tests.test_runner_client import finished, register, start_runner
+
+    @sync_to_async
+    def prepare() -> tuple[int, str, Path]:
+        ann = make_user("ann")
+        build = submit(make_project(ann, "far"), PIPELINE)  # type: ignore[arg-type]
+        return build.pk, session_of(ann), register(tmp_path, live_server.url)
+
+    build_id, cookie, config = await prepare()
+    ws: Any = WebsocketCommunicator(
+        application(),
+        f"/ws/builds/{build_id}/",
+        headers=[
+            (b"origin", ORIGIN),
+            (b"host", b"localhost"),
+            (b"cookie", f"sessionid={cookie}".encode()),
+        ],
+    )
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    assert connected
+    await ws.send_json_to({"type": "resume", "attempt": 1, "steps": {"talk": 0}})
+    runner = start_runner(tmp_path, config, "--once")
+    try:
+        lines: dict[int, str] = {}
+        live = 0
+        seen: list[str] = []
+        status = None
+        while status != "success":
+            message = await ws.receive_json_from(timeout=20)
+            if message["type"] == "lines":
+                for number, text in enumerate(message["lines"], start=message["first"]):
+                    assert number not in lines, f"line {number} arrived twice"
+                    lines[number] = text
+                live += 1
+            elif message["type"] == "step":
+                seen.append(message["status"])
+            elif message["type"] == "build":
+                status = message["status"]
+        assert lines == {i: f"line {i}" for i in range(1, 31)}
+        assert live > 1  # several batches while the step ran, not one at the end
+        assert "running" in seen  # the catch-up said queued; the runner's report, running
+        assert seen[-1] == "success"
+    finally:
+        await ws.disconnect()
+        await sync_to_async(finished)(runner)
