@@ -408,3 +408,16 @@ def test_a_step_whose_name_holds_the_separator_is_read_by_its_key(matrix: Matrix
     assert text == "odd\n"
     # "SERVICE=bot / a" is no step (and no cell is named "SERVICE=bot / a").
     assert list(log_pieces(matrix.build.pk, step=key("bot", "a"), after=0, follow=False)) == []
+
+
+def test_a_cell_allowed_to_fail_says_so(owner: Client, matrix: Matrix) -> None:
+    may_fail = matrix.jobs[SERVICES[-1]]
+    Job.objects.filter(pk=may_fail.pk).update(allow_failure=True)
+
+    html = page(owner, matrix.build)
+
+    marks = [a for a in html.having("class", "span") if "cell-may-fail" in a["class"].split()]
+    assert len(marks) == 1
+    text = owner.get(f"/builds/{matrix.build.pk}/").content.decode()
+    head = text[text.index(f'id="cell-{may_fail.pk}"') :]
+    assert head.index("allowed to fail") < head.index("</section>")
