@@ -370,17 +370,21 @@ _reaped_at = 0.0
 
 
 def listening(on: bool) -> None:
-    """Allow this process's LISTEN connection (the default), or close it and open none
-    until allowed again: tests close it before their database goes, and a long poll
-    still in flight then must not open another."""
-    global _listener, _listen  # noqa: PLW0603
-    listener = None
+    """Allow this process's LISTEN connection (the default), or close it, and the live
+    publisher, and open no LISTEN until allowed again: tests close them before their
+    database and channel layer go, and a long poll still in flight then must not open
+    another."""
+    global _listener, _listen, _publisher  # noqa: PLW0603
+    listener = publisher = None
     with _waiters_lock:
         _listen = on
         if not on:
             listener, _listener = _listener, None
+            publisher, _publisher = _publisher, None
     if listener is not None:
         listener.stop()
+    if publisher is not None:
+        publisher.close()
 
 
 def _listen_and_reap() -> None:

@@ -156,7 +156,7 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
 def test_readyz_is_503_until_every_migration_is_applied(tmp_path: Path) -> None:
     answers = _server_process(
         tmp_path,
-        [["migrate"], ["migrate", "builds", "0004"], ["readyz"], ["migrate"], ["readyz"]],
+        [["migrate"], ["migrate", "builds", "0006"], ["readyz"], ["migrate"], ["readyz"]],
     )
     (before, text), (after, _) = answers
     assert before == 503
