@@ -51,13 +51,14 @@ from runners.checkout import (
     CheckoutCanceled,
     CheckoutError,
     Credentials,
+    handed_back_line,
     read_pipeline,
 )
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
 from runners.executors.local import LocalExecutor
-from runners.lines import DEFAULT_LOG_CAP, Masker, StepLog
+from runners.lines import DEFAULT_LOG_CAP, FLUSH_SECONDS, Masker, PendingLines, StepLog
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,8 @@ DEFAULT_CONFIG = Path("~/.config/goci/runner.toml")
 API = "/api/runner/v1"
 POLL_WAIT = 30  # seconds a `next` waits on the server (its most)
 HTTP_TIMEOUT = 60.0  # a call's socket timeout: above POLL_WAIT, below forever
-# Batches, as the worker's LogSink: at the latest FLUSH_SECONDS after the oldest news,
-# or as soon as FLUSH_LINES lines or FLUSH_BYTES characters wait. The server takes at
+# Batches as the worker's LogSink's (runners/lines.py: FLUSH_*). The server takes at
 # most 10,000 lines and 2 MiB a call: a body over MAX_BODY is split in two.
-FLUSH_LINES = 2000
-FLUSH_BYTES = 256 * 1024
-FLUSH_SECONDS = 0.1
 MAX_BODY = 2 * 1024 * 1024
 MAX_LINES = 10_000
 # Cancel must reach a running step within ~2 s: the lease call says so, this often at least.
@@ -363,8 +360,7 @@ class HttpReporter:
         self.started: dict[str, str] = {}  # step -> started_at
         self.ended: set[str] = set()  # steps whose end was reported (sent or not yet)
         self.changed: dict[str, dict[str, Any]] = {}  # step -> fields not sent yet
-        self.pending: dict[str, tuple[int, list[str]]] = {}  # step -> (first line, lines)
-        self.lines = self.size = 0
+        self.pending = PendingLines()
         self.since: float | None = None
         # One batch in flight on the sender's thread while the next gathers here: a
         # step that prints faster than the server stores gets bigger batches (up to
@@ -433,17 +429,13 @@ class HttpReporter:
     def _pend(self, step: str, first_line: int, lines: list[str]) -> None:
         if not lines:
             return
-        if step in self.pending:
-            self.pending[step][1].extend(lines)
-        else:
-            self.pending[step] = (first_line, lines)
+        self.pending.add(step, first_line, lines)
         self.since = self.since or time.monotonic()
-        self.lines += len(lines)
-        self.size += sum(map(len, lines))
+        waiting = self.pending
         if self._busy.is_set():
-            if self.lines >= MAX_LINES or self.size >= MAX_BODY // 2:
+            if waiting.lines >= MAX_LINES or waiting.size >= MAX_BODY // 2:
                 self._hand_off()  # waits while a batch is in flight and one waits
-        elif self.lines >= FLUSH_LINES or self.size >= FLUSH_BYTES:
+        elif waiting.full():
             self._hand_off()
 
     def flush(self) -> None:
@@ -463,9 +455,8 @@ class HttpReporter:
             return
         ids = self.job.step_ids
         steps = {str(ids[name]): fields for name, fields in self.changed.items() if name in ids}
-        chunks = [[ids[s], first, lines] for s, (first, lines) in self.pending.items() if s in ids]
-        self.changed, self.pending = {}, {}
-        self.lines = self.size = 0
+        chunks = [[ids[s], first, lines] for s, first, lines in self.pending.take() if s in ids]
+        self.changed = {}
         self.since = None
         if self.lost:
             return
@@ -893,11 +884,7 @@ class Runner:
         if missing:
             # The pipeline's runs_on, read only now, needs labels this runner lacks: the
             # job goes back to the queue with them, for a runner that has them all.
-            step_log.write(
-                f"[goci] runs_on needs [{', '.join(missing)}], which this runner "
-                f"({self.config.name}) does not have: back to the queue for a runner "
-                "that has\n".encode()
-            )
+            step_log.write(handed_back_line(missing, f"this runner ({self.config.name})"))
         step_log.end_attempt()
         if job.gone.is_set():
             reporter.close()

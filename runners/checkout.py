@@ -524,6 +524,15 @@ class Checkout:
         return code
 
 
+def handed_back_line(missing: Sequence[str], holder: str) -> bytes:
+    """The clone step's last line when the pipeline read at checkout needs labels
+    (`runs_on`) its worker or runner lacks: the job goes back to the queue with them."""
+    return (
+        f"[goci] runs_on needs [{', '.join(missing)}], which {holder} does not have: "
+        "back to the queue for a runner that has\n"
+    ).encode()
+
+
 def read_pipeline(checkout: Checkout, path: str, commit: str, limit: int) -> tuple[str, bytes]:
     """The pipeline file of the fetched commit: (its name, its bytes, at most `limit`
     + 1 of them), or CheckoutError saying what to add or set."""

@@ -182,6 +182,42 @@ def _fills_piece(line: str) -> bool:
     return len(line) * 4 >= least and len(line.encode("utf-8", "surrogatepass")) >= least
 
 
+# A reporter's batches (the worker's LogSink, the remote runner's HttpReporter): sent
+# at the latest FLUSH_SECONDS after the oldest news, or as soon as FLUSH_LINES lines or
+# FLUSH_BYTES characters wait.
+FLUSH_LINES = 2000
+FLUSH_BYTES = 256 * 1024
+FLUSH_SECONDS = 0.1
+
+
+class PendingLines:
+    """The log lines of a job's steps not sent or stored yet: each step's run of
+    consecutive lines from its first line number, and how many lines and characters
+    wait."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, tuple[int, list[str]]] = {}  # step -> (first line, lines)
+        self.lines = self.size = 0
+
+    def add(self, step: str, first_line: int, lines: list[str]) -> None:
+        if step in self.steps:
+            self.steps[step][1].extend(lines)
+        else:
+            self.steps[step] = (first_line, lines)
+        self.lines += len(lines)
+        self.size += sum(map(len, lines))
+
+    def full(self) -> bool:
+        return self.lines >= FLUSH_LINES or self.size >= FLUSH_BYTES
+
+    def take(self) -> list[tuple[str, int, list[str]]]:
+        """(step, first line, lines) of everything waiting, which no longer waits."""
+        taken = [(step, first, lines) for step, (first, lines) in self.steps.items()]
+        self.steps = {}
+        self.lines = self.size = 0
+        return taken
+
+
 class Masker:
     """Replaces every form of every secret value (secret_forms) by MASK in log lines,
     the longest first, so that a secret that contains another is masked whole.

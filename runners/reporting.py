@@ -30,15 +30,12 @@ from builds.models import Step as StepRow
 from builds.pipeline import Step
 from runners import queue
 from runners.engine import BuildResult, StepResult
-from runners.lines import MASK, Masker
+from runners.lines import FLUSH_SECONDS, MASK, Masker, PendingLines
 
 __all__ = ["MASK", "BuildReporter", "LogSink", "Masker", "storable", "with_retry"]
 
 log = logging.getLogger(__name__)
 
-FLUSH_LINES = 2000
-FLUSH_BYTES = 256 * 1024
-FLUSH_SECONDS = 0.1
 # How long a database outage may last before the worker gives the job up.
 RETRY_FOR = 120.0
 
@@ -71,7 +68,8 @@ class LogSink:
     """Gathers what a job's steps do and writes it in as few fenced transactions as
     keep the record current: everything new - steps started or ended, log lines of
     every step - goes in one transaction, at the latest FLUSH_SECONDS after the
-    oldest of it happened, or as soon as FLUSH_LINES lines or FLUSH_BYTES wait. A
+    oldest of it happened, or as soon as FLUSH_LINES lines or FLUSH_BYTES wait
+    (runners/lines.py). A
     build of trivial steps is one write; a step with output adds one per batch.
     What was stored is then published, so a page that loads from the database and
     then listens misses nothing. Memory is bounded by those limits (the engine waits
@@ -93,9 +91,7 @@ class LogSink:
         self.mask = Masker(secrets)
         self.states: dict[str, dict[str, Any]] = {}  # step -> its STEP_STATE as it is now
         self.changed: dict[str, None] = {}  # steps whose state is not stored yet, in order
-        self.pending: dict[str, tuple[int, list[str]]] = {}  # step -> (first line, lines)
-        self.lines = 0
-        self.size = 0
+        self.pending = PendingLines()
         self.since: float | None = None  # when the oldest unstored news came
 
     def state(self, step: str, **fields: Any) -> None:
@@ -120,14 +116,9 @@ class LogSink:
     def _pend(self, step: str, first_line: int, lines: list[str]) -> None:
         if not lines:
             return
-        if step in self.pending:
-            self.pending[step][1].extend(lines)
-        else:
-            self.pending[step] = (first_line, lines)
+        self.pending.add(step, first_line, lines)
         self.since = self.since or time.monotonic()
-        self.lines += len(lines)
-        self.size += sum(len(line) for line in lines)
-        if self.lines >= FLUSH_LINES or self.size >= FLUSH_BYTES:
+        if self.pending.full():
             self.flush()
 
     def flush_due(self) -> None:
@@ -138,10 +129,9 @@ class LogSink:
         """Write everything new in one transaction, then publish it."""
         if self.since is None:
             return
-        chunks = [(step, first, lines) for step, (first, lines) in self.pending.items()]
+        chunks = self.pending.take()
         changed = {step: dict(self.states[step]) for step in self.changed}
-        self.pending, self.changed = {}, {}
-        self.lines = self.size = 0
+        self.changed = {}
         self.since = None
         chunks = self._store(chunks, changed)
         if self.publisher is not None:

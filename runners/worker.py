@@ -54,6 +54,7 @@ from runners.checkout import (
     CheckoutCanceled,
     CheckoutError,
     Credentials,
+    handed_back_line,
     pr_head_ref,
     read_pipeline,
 )
@@ -521,10 +522,7 @@ class Worker:
         if handed_back:
             # The pipeline's runs_on, read only now, needs labels this worker lacks: the
             # job goes back to the queue with them, for a runner that has them all.
-            step_log.write(
-                f"[goci] runs_on needs [{', '.join(handed_back)}], which this worker "
-                f"({self.name}) does not have: back to the queue for a runner that has\n".encode()
-            )
+            step_log.write(handed_back_line(handed_back, f"this worker ({self.name})"))
         step_log.end_attempt()
         if reporter.lost:
             return None

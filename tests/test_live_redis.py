@@ -25,18 +25,10 @@ steps:
 """
 
 
-async def test_lines_of_a_worker_process_reach_the_socket_through_redis(tmp_path: Path) -> None:
-    if "RedisChannelLayer" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
-        need("Redis: set REDIS_URL=redis://127.0.0.1:6379/0")
+async def following(build_id: int, cookie: str) -> Any:
+    """A WebSocket client of the build's page, caught up on the step `talk`."""
     from channels.testing import WebsocketCommunicator
 
-    @sync_to_async
-    def prepare() -> tuple[int, str]:
-        ann = make_user("ann")
-        build = submit(make_project(ann, "web"), PIPELINE)  # type: ignore[arg-type]
-        return build.pk, session_of(ann)
-
-    build_id, cookie = await prepare()
     ws: Any = WebsocketCommunicator(
         application(),
         f"/ws/builds/{build_id}/",
@@ -49,6 +41,21 @@ async def test_lines_of_a_worker_process_reach_the_socket_through_redis(tmp_path
     connected, _ = await ws.connect(timeout=TIMEOUT)
     assert connected
     await ws.send_json_to({"type": "resume", "attempt": 1, "steps": {"talk": 0}})
+    return ws
+
+
+async def test_lines_of_a_worker_process_reach_the_socket_through_redis(tmp_path: Path) -> None:
+    if "RedisChannelLayer" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        need("Redis: set REDIS_URL=redis://127.0.0.1:6379/0")
+
+    @sync_to_async
+    def prepare() -> tuple[int, str]:
+        ann = make_user("ann")
+        build = submit(make_project(ann, "web"), PIPELINE)  # type: ignore[arg-type]
+        return build.pk, session_of(ann)
+
+    build_id, cookie = await prepare()
+    ws = await following(build_id, cookie)
     worker = start_worker(tmp_path, "remote", REDIS_URL=os.environ["REDIS_URL"])
     try:
         lines: dict[int, str] = {}
@@ -77,8 +84,6 @@ async def test_lines_of_a_remote_runner_reach_the_socket_live(
     """A runner's reports are published by the web process that stores them."""
     if "RedisChannelLayer" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
         need("Redis: set REDIS_URL=redis://127.0.0.1:6379/0")
-    from channels.testing import WebsocketCommunicator
-
     from tests.test_runner_client import finished, register, start_runner
 
     @sync_to_async
@@ -88,18 +93,7 @@ async def test_lines_of_a_remote_runner_reach_the_socket_live(
         return build.pk, session_of(ann), register(tmp_path, live_server.url)
 
     build_id, cookie, config = await prepare()
-    ws: Any = WebsocketCommunicator(
-        application(),
-        f"/ws/builds/{build_id}/",
-        headers=[
-            (b"origin", ORIGIN),
-            (b"host", b"localhost"),
-            (b"cookie", f"sessionid={cookie}".encode()),
-        ],
-    )
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    assert connected
-    await ws.send_json_to({"type": "resume", "attempt": 1, "steps": {"talk": 0}})
+    ws = await following(build_id, cookie)
     runner = start_runner(tmp_path, config, "--once")
     try:
         lines: dict[int, str] = {}
