@@ -227,8 +227,12 @@ class Remote:
         """Goci's containers made by this runner's processes (their owner label)."""
         return [
             container
-            for container in docker.containers.list(all=True, filters={"label": LABEL_OWNER})
-            if _owner_pid(container.labels[LABEL_OWNER]) in self.pids
+            # sparse: a full list inspects each one after listing, and raised NotFound
+            # for the container the other runner's prune removed in between.
+            for container in docker.containers.list(
+                all=True, sparse=True, filters={"label": LABEL_OWNER}
+            )
+            if _owner_pid(container.attrs["Labels"][LABEL_OWNER]) in self.pids
         ]
 
 

@@ -112,11 +112,13 @@ def prune(client: docker.DockerClient, *, everything: bool = False) -> list[str]
     """Remove containers and networks of runs whose goci process is gone (or all of
     Goci's with everything=True). Idempotent and safe beside running builds."""
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL_OWNER}):
-        if everything or not owner_alive(container.labels.get(LABEL_OWNER, "")):
+    # The list call itself, not containers.list(): that inspects each container after
+    # listing, and one removed in between (by another pruning process) raised NotFound.
+    for container in client.api.containers(all=True, filters={"label": LABEL_OWNER}):
+        if everything or not owner_alive((container["Labels"] or {}).get(LABEL_OWNER, "")):
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-                removed.append(f"container {container.name}")
+                client.api.remove_container(container["Id"], force=True)
+                removed.append(f"container {container['Names'][0].lstrip('/')}")
     for network in client.networks.list(filters={"label": LABEL_OWNER}):
         if everything or not owner_alive(network.attrs["Labels"].get(LABEL_OWNER, "")):
             with contextlib.suppress(docker.errors.NotFound):
