@@ -48,6 +48,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_oauth.py
+	$(PY) bench/bench_images.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

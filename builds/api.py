@@ -350,6 +350,10 @@ class StepOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     duration: float | None = Field(description="Seconds, once the step has finished.")
+    image_id: str = Field(description="A `build:` step's image ID ('sha256:...'), once built.")
+    digests: dict[str, str] = Field(
+        description="A `build:` step's pushed tags, each with its digest ('sha256:...')."
+    )
 
 
 class JobOut(Schema):

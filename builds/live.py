@@ -32,7 +32,16 @@ def build_group(build_id: int) -> str:
 
 
 # The Step columns a "step" message is made of (read with .values(*STEP_VALUES)).
-STEP_VALUES = ("name", "status", "exit_code", "error", "started_at", "finished_at")
+STEP_VALUES = (
+    "name",
+    "status",
+    "exit_code",
+    "error",
+    "started_at",
+    "finished_at",
+    "image_id",
+    "digests",
+)
 
 
 def step_message(step: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,6 +58,9 @@ def step_message(step: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": started.isoformat() if started else None,
         "finished_at": finished.isoformat() if finished else None,
         "duration": (finished - started).total_seconds() if started and finished else None,
+        # A `build:` step's image and pushed digests (absent from older rows: "", {}).
+        "image_id": step.get("image_id") or "",
+        "digests": step.get("digests") or {},
     }
 
 

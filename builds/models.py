@@ -205,6 +205,10 @@ class Step(models.Model):
     position = models.PositiveIntegerField()
     needs = models.JSONField(default=list, blank=True)
     image = models.CharField(max_length=500, blank=True)
+    # A `build:` step's image (runners/executors/image_build.py): its ID, and the digest
+    # of each tag it pushed ({tag: "sha256:..."}).
+    image_id = models.CharField(max_length=100, blank=True)
+    digests = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     exit_code = models.IntegerField(null=True, blank=True)
     error = models.TextField(blank=True)

@@ -16,6 +16,8 @@ Public API (other modules depend on these names):
   ``cell_name(values)``, ``for_cell(pipeline, values)`` (the pipeline of one cell, to
   run as its own job), ``matrix_variables(pipeline)`` and ``select_cells(pipeline,
   picks)`` (`goci run --matrix NAME=VALUE`).
+- ``Step.build``: an ``ImageBuild`` for a `build:` step; ``check_build_path`` and
+  ``check_image_reference`` check its fields again once `${NAME}` is expanded.
 """
 
 from __future__ import annotations
@@ -137,6 +139,30 @@ class When:
 
 
 @dataclass(frozen=True)
+class ImageBuild:
+    """`build:` of a step: an image built from the workspace through the Docker Engine API.
+
+    Each text field may still hold `${NAME}`, expanded at run time from the step's
+    environment (`$${NAME}` is the text `${NAME}`): check the expanded text again with
+    check_build_path and check_image_reference. A matrix's own variables are already
+    replaced in the pipeline for_cell() returns."""
+
+    # Relative to the workspace, normalised, never absolute, no `..`.
+    context: str = "."
+    # Relative to the workspace (not the context), normalised; when the file names
+    # none, `Dockerfile` in the context.
+    dockerfile: str = ""
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    push: bool = False
+    registry_secret: str | None = None  # the name of a secret, never its value
+    cache_from: tuple[str, ...] = ()
+    # The value of registry_secret, set by with_secret_values() just before the step
+    # runs; never stored.
+    credentials: str | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of a pipeline, validated, with the pipeline's image and env applied."""
 
@@ -156,6 +182,9 @@ class Step:
     retry: int = 0
     allow_failure: bool = False
     when: When | None = None
+    # `build:` - the step builds this image and runs no container of its own: its
+    # `run` is "" and its `image` None (the pipeline's image does not apply).
+    build: ImageBuild | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +237,10 @@ MAX_AXES_PRODUCT = 4096
 # cell, here to check it and again wherever a cell's pipeline is made.
 MAX_SUBSTITUTIONS = 500_000
 MAX_CELL_NAME = 100  # characters of cell_name(), a job's name
+MAX_TAGS = 20  # tags of one image build
+MAX_CACHE_FROM = 20  # images in one build's `cache_from`
+MAX_BUILD_ARGS = 100
+MAX_REFERENCE = 255  # characters of an image reference, Docker's own limit
 
 RESERVED_KEYS = (
     "services",
@@ -237,6 +270,19 @@ _GITHUB_MATRIX_RE = re.compile(r"\$\{\{\s*matrix\.([A-Za-z0-9_-]+)\s*\}\}")
 # A runner label: lower case, so that `GPU` and `gpu` cannot name two label sets.
 _LABEL = r"^[a-z0-9][a-z0-9._-]*$"
 _LABEL_RE = re.compile(_LABEL)
+# The parts of an image reference, `[host[:port]/]path[:tag][@digest]`, as Docker
+# reads them (github.com/distribution/reference). Left to re's cache, compiled at
+# first use: only a file with a `build:` step needs them, and compiling them all took
+# 1.2 ms of every `goci run`.
+_REGISTRY = (
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"(?::[0-9]+)?"
+)
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+# A path of `build:` in the schema: relative, no `..` part, no backslash.
+_BUILD_PATH = r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\\]+$"
 # What YAML parsers refuse (PyYAML's set, minus a byte-order mark inside the text,
 # which libyaml refuses); checked first so both parsers report it the same way.
 # Written as the few characters refused rather than "not the many allowed": the same
@@ -320,7 +366,7 @@ _PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
     ),
     "matrix": (
         "Run the pipeline once per combination of values, each as its own job with the "
-        "values as environment variables and ${NAME} replaced in image, env and when: "
+        "values as environment variables and ${NAME} replaced in image, env, when and build: "
         "NAME: [values], with optional include and exclude; at most 256 combinations.",
         {"allOf": [{"$ref": "#/definitions/matrix"}]},
     ),
@@ -339,7 +385,16 @@ _STEP_KEYS: dict[str, tuple[str, _Schema]] = {
         "Unique name of the step, one line; default `step N` (1-based).",
         {**_TEXT, "minLength": 1, "maxLength": MAX_NAME, "pattern": r"^[^\r\n]*$"},
     ),
-    "run": ("Required. Shell script run with `sh -e` (or `shell`); may span lines.", _TEXT),
+    "run": (
+        "Shell script run with `sh -e` (or `shell`); may span lines. A step has either "
+        "`run` or `build`.",
+        _TEXT,
+    ),
+    "build": (
+        "Build an image from the workspace (instead of `run`): the context directory, or "
+        "{context, dockerfile, tags, build_args, push, registry_secret, cache_from}.",
+        {"anyOf": [{"$ref": "#/definitions/build_path"}, {"$ref": "#/definitions/build"}]},
+    ),
     "shell": (
         "Interpreter of `run`, one word such as sh or bash; default sh.",
         {"type": "string", "pattern": r"^\S+$"},
@@ -378,6 +433,63 @@ _STEP_KEYS: dict[str, tuple[str, _Schema]] = {
     "when": (
         "Run only if every given condition matches; otherwise the step is skipped.",
         {"allOf": [{"$ref": "#/definitions/when"}]},
+    ),
+}
+_IMAGE_NAME: _Schema = {"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE}
+_BUILD_KEYS: dict[str, tuple[str, _Schema]] = {
+    "context": (
+        "Directory sent to the Docker engine as the build context, relative to the "
+        "workspace; default `.`. No absolute path, no `..`.",
+        {"$ref": "#/definitions/build_path"},
+    ),
+    "dockerfile": (
+        "The Dockerfile, relative to the workspace (not the context); default "
+        "`Dockerfile` in the context.",
+        {"$ref": "#/definitions/build_path"},
+    ),
+    "tags": (
+        "Names of the image, `[host[:port]/]path[:tag]`: one or a list of at most "
+        f"{MAX_TAGS}; `${{NAME}}` is expanded from the step's environment.",
+        {
+            "anyOf": [
+                _IMAGE_NAME,
+                {"type": "array", "minItems": 1, "maxItems": MAX_TAGS, "items": _IMAGE_NAME},
+            ]
+        },
+    ),
+    "build_args": (
+        "The Dockerfile's ARG values, NAME: value; never a secret (they stay in the "
+        "image's history).",
+        {
+            "type": "object",
+            "maxProperties": MAX_BUILD_ARGS,
+            "propertyNames": {"pattern": _ENV_NAME},
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        },
+    ),
+    "push": (
+        "Push every tag after the build (never for a pull request); needs `tags`.",
+        {"type": "boolean"},
+    ),
+    "registry_secret": (
+        "Name of the secret holding the registry's credentials: JSON "
+        '{"username": ..., "password": ...} or a token.',
+        {"type": "string", "pattern": _ENV_NAME},
+    ),
+    "cache_from": (
+        "Images whose layers the build may reuse, pulled first: one or a list of at "
+        f"most {MAX_CACHE_FROM}.",
+        {
+            "anyOf": [
+                _IMAGE_NAME,
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_CACHE_FROM,
+                    "items": _IMAGE_NAME,
+                },
+            ]
+        },
     ),
 }
 _WHEN_KEYS: dict[str, tuple[str, _Schema]] = {
@@ -450,6 +562,7 @@ _PIPELINE_HINTS = {
 }
 _RUNS_ON_HINT = "labels apply to the whole pipeline: write `runs_on:` at its top"
 _RUN_HINT = "Goci calls this 'run', one script with a command per line"
+_TAGS_HINT = "the names of the image this step builds: write `tags` under `build:`"
 _STEP_HINTS = {
     "depends_on": "Goci calls this 'needs'",
     "commands": _RUN_HINT,
@@ -475,6 +588,27 @@ _STEP_HINTS = {
     "labels": _RUNS_ON_HINT,
     "matrix": "a matrix applies to the whole pipeline: write `matrix:` at its top",
     "strategy": "write `matrix:` at the top of the pipeline",
+    **dict.fromkeys(
+        ("context", "dockerfile", "build_args", "push", "registry_secret", "cache_from"),
+        "a key of `build:`, the image a step builds: write it under `build:`",
+    ),
+}
+_CREDENTIALS_HINT = "put the credentials in a secret and name it in `registry_secret`"
+_BUILD_HINTS = {
+    "file": "Goci calls this 'dockerfile'",
+    "Dockerfile": "Goci calls this 'dockerfile'",
+    "args": "Goci calls this 'build_args'",
+    "build-args": "Goci calls this 'build_args'",
+    "build_arg": "Goci calls this 'build_args'",
+    "cache-from": "Goci calls this 'cache_from'",
+    "username": _CREDENTIALS_HINT,
+    "password": _CREDENTIALS_HINT,
+    "registry": _CREDENTIALS_HINT,
+    "credentials": _CREDENTIALS_HINT,
+    "platform": "not supported: the image is built for the platform of the runner that "
+    "takes the job; choose it with `runs_on`",
+    "platforms": "not supported: the image is built for the platform of the runner that "
+    "takes the job; choose it with `runs_on`",
 }
 _WHEN_HINTS = {
     "paths": "Goci calls this 'path'",
@@ -520,6 +654,30 @@ def load_file(path: str | os.PathLike[str]) -> Pipeline:
     return load(data, filename)
 
 
+def expand_variables(text: str, values: Mapping[str, str]) -> str:
+    """A `build:` field at run time: each `${NAME}` replaced by values[NAME] (KeyError
+    naming NAME when it is not set), `$${NAME}` by the text `${NAME}`."""
+    if "${" not in text:
+        return text
+
+    def value(match: re.Match[str]) -> str:
+        return "${" + match[2] + "}" if match[1] else values[match[2]]
+
+    return _REFERENCE_RE.sub(value, text)
+
+
+def without_registry_secrets(pipeline: Pipeline) -> Pipeline:
+    """The pipeline with no `build:` step naming a registry secret: a build that must
+    not push (a pull request's, a fork's) needs none, and its code gets none."""
+    steps = tuple(
+        replace(step, build=replace(step.build, registry_secret=None))
+        if step.build is not None and step.build.registry_secret
+        else step
+        for step in pipeline.steps
+    )
+    return replace(pipeline, steps=steps)
+
+
 def secrets_wanted(
     pipeline: Pipeline,
     *,
@@ -528,7 +686,8 @@ def secrets_wanted(
     changed_files: Sequence[str] | None = None,
     judge: bool = False,
 ) -> list[tuple[str, str]]:
-    """(step, secret name) for every secret a step asks for, in step order. With
+    """(step, secret name) for every secret a step asks for (in its env, then its
+    build's `registry_secret`), in step order. With
     `judge`, only of the steps whose `when` (and the pipeline's) can hold for this
     branch, event and changed files: a deploy step kept for pushes does not need its
     secrets in a pull request's build, which skips it."""
@@ -542,28 +701,34 @@ def secrets_wanted(
         (step.name, name)
         for step in pipeline.steps
         if not judge or holds(step.when)
-        for name in step.secret_env.values()
+        for name in _secrets_of(step)
     ]
 
 
+def _secrets_of(step: Step) -> list[str]:
+    names = list(step.secret_env.values())
+    if step.build is not None and step.build.registry_secret is not None:
+        names.append(step.build.registry_secret)
+    return names
+
+
 def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
-    """The pipeline with each step's secrets in its env: only those it asks for. Made
-    just before it runs (worker, `goci run`) and never stored. `values`: by secret name;
-    a secret without a value (a step that will be skipped, a fork's build) leaves its
-    variable unset."""
-    steps = tuple(
-        replace(
-            step,
-            env={
-                **step.env,
-                **{var: values[name] for var, name in step.secret_env.items() if name in values},
-            },
-        )
-        if step.secret_env
-        else step
-        for step in pipeline.steps
-    )
-    return replace(pipeline, steps=steps)
+    """The pipeline with each step's secrets in its env, and a build step's registry
+    credentials in `build.credentials`: only those it asks for. Made just before it runs
+    (worker, `goci run`) and never stored. `values`: by secret name; a secret without a
+    value (a step that will be skipped, a fork's build) leaves its variable unset, and
+    the credentials None."""
+
+    def with_values(step: Step) -> Step:
+        if step.secret_env:
+            secret = {var: values[name] for var, name in step.secret_env.items() if name in values}
+            step = replace(step, env={**step.env, **secret})
+        if step.build is not None and step.build.registry_secret is not None:
+            credentials = values.get(step.build.registry_secret)
+            step = replace(step, build=replace(step.build, credentials=credentials))
+        return step
+
+    return replace(pipeline, steps=tuple(map(with_values, pipeline.steps)))
 
 
 def matrix_variables(pipeline: Pipeline) -> tuple[str, ...]:
@@ -605,8 +770,10 @@ def for_cell(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
     conditions; `$${NAME}` written as `${NAME}`; any other text left as it is, for the
     shell. The cell's values are set in the env of the pipeline and of every step, over
     a variable of the same name written in the file (plain or from a secret), as in
-    Woodpecker. The result has no matrix. The substitution is on the parsed strings, so
-    a value cannot change the document's structure; load() checked every cell."""
+    Woodpecker. In a build step's paths, tags, build args and cache_from, `${NAME}` is
+    replaced too, but `$${NAME}` stays as written: these are expanded again at run time,
+    which undoes the escape. The result has no matrix. The substitution is on the parsed
+    strings, so a value cannot change the document's structure; load() checked every cell."""
     cell = dict(values)
     if cell not in pipeline.matrix:
         raise ValueError(f"{cell_name(cell)!r} is not a cell of the pipeline's matrix")
@@ -635,6 +802,24 @@ def for_cell(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
     def no_secret(secret_env: Mapping[str, str]) -> dict[str, str]:
         return {key: name for key, name in secret_env.items() if key not in cell}
 
+    def sub_build(build: ImageBuild | None) -> ImageBuild | None:
+        if build is None:
+            return None
+
+        def kept(text: str) -> str:
+            return _REFERENCE_RE.sub(
+                lambda m: m[0] if m[1] or m[2] not in names else cell.get(m[2], ""), text
+            )
+
+        return replace(
+            build,
+            context=posixpath.normpath(kept(build.context)),
+            dockerfile=posixpath.normpath(kept(build.dockerfile)),
+            tags=tuple(map(kept, build.tags)),
+            build_args={key: kept(value) for key, value in build.build_args.items()},
+            cache_from=tuple(map(kept, build.cache_from)),
+        )
+
     steps = tuple(
         replace(
             step,
@@ -642,6 +827,7 @@ def for_cell(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
             env=sub_env(step.env),
             secret_env=no_secret(step.secret_env),
             when=sub_when(step.when),
+            build=sub_build(step.build),
         )
         for step in pipeline.steps
     )
@@ -749,6 +935,103 @@ def check_label(label: str) -> str:
     return label
 
 
+def check_build_path(text: str, key: str = "context") -> str:
+    """A path of `build:` (its `key`, context or dockerfile), normalised; ValueError
+    saying why it is not one. It must stay inside the workspace: not absolute, and no
+    `..` part at all (lexical: symbolic links are the executor's to refuse)."""
+    if not text.strip():
+        what = "a directory of the workspace such as . or app"
+        if key == "dockerfile":
+            what = "a file of the workspace such as app/Dockerfile, or remove it"
+        raise ValueError(f"`{key}` is empty: write {what}")
+    if "\\" in text:
+        raise ValueError(f"a backslash is not allowed in `{key}`: separate directories with '/'")
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"`{key}` has a control character: remove it")
+    if _is_absolute(text) or ".." in text.split("/"):
+        raise ValueError(
+            f"`{key}` must stay inside the workspace: write a path relative to it, "
+            f"without '..', found {text!r}"
+        )
+    return posixpath.normpath(text)
+
+
+def check_image_reference(text: str, *, digest: bool = False, variables: bool = False) -> str:
+    """An image reference, `[host[:port]/]path[:tag]`, as Docker reads it; with `digest`
+    it may end in `@sha256:...` (a tag may not: the build makes the image). ValueError
+    saying why it is not one. With `variables`, each `${NAME}` (expanded later) counts
+    as a letter."""
+    shown = repr(text) if len(text) <= 80 else f"the name of {len(text)} characters"
+
+    def valid(pattern: str, part: str) -> bool:
+        return re.fullmatch(pattern, _placeholders(part) if variables else part) is not None
+
+    length = len(_placeholders(text) if variables else text)
+    if not text.strip():
+        raise ValueError("the image name is empty: write one such as registry.example.com/app:1.0")
+    if length > MAX_REFERENCE:
+        raise ValueError(
+            f"an image name may be at most {MAX_REFERENCE} characters, this one has {length}"
+        )
+    name, at, pinned = text.partition("@")
+    if at and not digest:
+        raise ValueError(
+            f"{shown} has a digest: a tag names the image this build makes, "
+            "so write it as name:tag, without '@...'"
+        )
+    if at and not valid(_DIGEST, pinned):
+        raise ValueError(f"invalid digest {pinned!r}: write @sha256: and 64 hexadecimal digits")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    tag = ""
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1 :]
+        if not valid(_IMAGE_TAG, tag):
+            raise ValueError(
+                f"invalid tag {tag!r} in {shown}: use letters, digits, '_', '.' and '-', "
+                "not starting with '.' or '-', at most 128 characters"
+            )
+    parts = name.split("/")
+    host = ""
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        host = parts.pop(0)
+        if not valid(_REGISTRY, host):
+            raise ValueError(
+                f"invalid registry {host!r} in {shown}: write a host name such as "
+                "registry.example.com, with an optional :port"
+            )
+    for part in parts:
+        if valid(_IMAGE_PATH, part):
+            continue
+        if not part:
+            raise ValueError(f"{shown} has an empty name part: remove the extra '/'")
+        if valid(_IMAGE_PATH, part.lower()):
+            fixed = "/".join(([host] if host else []) + [_lower(p) for p in parts])
+            fixed += f":{tag}" if tag else ""
+            raise ValueError(f"image names are lower case: write {fixed!r}")
+        raise ValueError(
+            f"invalid name part {part!r} in {shown}: use lower-case letters and digits, "
+            "separated by '.', '_', '__' or '-'"
+        )
+    return text
+
+
+def _lower(text: str) -> str:
+    """`text` in lower case, but for the names in its `${NAME}`."""
+    out, end = [], 0
+    for match in _REFERENCE_RE.finditer(text):
+        out += [text[end : match.start()].lower(), match[0]]
+        end = match.end()
+    return "".join(out) + text[end:].lower()
+
+
+def _placeholders(text: str) -> str:
+    """`text` with each `${NAME}` (expanded at run time) as one letter, `$${NAME}` as the
+    text it stands for: what the static checks of `build:` look at."""
+    if "${" not in text:
+        return text
+    return _REFERENCE_RE.sub(lambda m: "${" + m[2] + "}" if m[1] else "x", text)
+
+
 def plan(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
     """Step name -> names of the steps it waits for (see docs/pipeline.md)."""
     waits = _waits_for([(s.name, s.parallel, s.needs) for s in pipeline.steps])
@@ -795,8 +1078,20 @@ def json_schema() -> dict[str, object]:
             "step": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["run"],
+                "oneOf": [{"required": ["run"]}, {"required": ["build"]}],
                 "properties": properties(_STEP_KEYS),
+            },
+            "build": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": properties(_BUILD_KEYS),
+            },
+            "build_path": {
+                **_TEXT,
+                "description": "A path relative to the workspace, without `..`.",
+                "minLength": 1,
+                "pattern": _BUILD_PATH,
             },
             "when": {
                 "type": "object",
@@ -1184,10 +1479,15 @@ def _parse_retry(text: str) -> int:
     return int(digits)
 
 
+def _is_absolute(text: str) -> bool:
+    """A path from the root, for POSIX or Windows."""
+    return posixpath.isabs(text) or text.startswith("\\") or bool(re.match(r"[A-Za-z]:[\\/]", text))
+
+
 def _parse_workdir(text: str) -> str:
     if not text.strip():
         raise ValueError("workdir is empty; remove it to run in the workspace itself")
-    if posixpath.isabs(text) or text.startswith("\\") or re.match(r"[A-Za-z]:[\\/]", text):
+    if _is_absolute(text):
         raise ValueError(f"workdir must be relative to the workspace, found {text!r}")
     depth = 0
     for part in text.split("/"):
@@ -1198,6 +1498,10 @@ def _parse_workdir(text: str) -> str:
         elif part not in ("", "."):
             depth += 1
     return text
+
+
+def _default_dockerfile(context: str) -> str:
+    return posixpath.normpath(posixpath.join(context, "Dockerfile"))
 
 
 def _parse_clone(text: str) -> bool:
@@ -1713,16 +2017,17 @@ class _Checker:
                 env[name] = text
         return env, secrets
 
-    def variable_name(self, name: str, key: Node, path: str) -> bool:
-        """Whether `name` may be an environment variable of the file (else reported)."""
+    def variable_name(self, name: str, key: Node, path: str, what: str = "variable") -> bool:
+        """Whether `name` may be an environment variable of the file (else reported); a
+        build arg (`what`) may also have a name Goci sets."""
         if not _ENV_NAME_RE.fullmatch(name):
             message = (
-                f"invalid variable name {name!r}: "
+                f"invalid {what} name {name!r}: "
                 "use letters, digits and _, not starting with a digit"
             )
             self.add(key, path, message)
             return False
-        if name in ("CI", "GOCI") or name.startswith("GOCI_"):
+        if what == "variable" and (name in ("CI", "GOCI") or name.startswith("GOCI_")):
             self.add(key, path, f"{name!r} is set by Goci; choose another name")
             return False
         return True
@@ -1735,8 +2040,9 @@ class _Checker:
             if not mapping:
                 self.add(node, path, "expected {from_secret: name}, found an empty mapping")
             return None
-        where = f"{path}.from_secret"
-        value = mapping["from_secret"][1]
+        return self.secret_name(mapping["from_secret"][1], f"{path}.from_secret")
+
+    def secret_name(self, value: Node, where: str) -> str | None:
         name = self.text(value, where, "a secret's name")
         if name is None:
             return None
@@ -2202,6 +2508,151 @@ class _Checker:
             self.add(node, where, str(error))
             return None
 
+    # -- `build:`
+
+    def build(self, node: Node, path: str) -> ImageBuild | None:
+        """`build: DIR` or `build: {context: ..., tags: ..., ...}`; None if anything is
+        wrong (reported)."""
+        where = f"{path}.build"
+        if isinstance(node, ScalarNode) and not _is_empty(node) and id(node) not in self.rejected:
+            context = self.build_path(node, where, "context")
+            if context is None:
+                return None
+            return ImageBuild(context=context, dockerfile=_default_dockerfile(context))
+        expected = "a directory (the build context) or a mapping with `context`, `tags`..."
+        mapping = self.mapping(node, where, expected)
+        if mapping is None:
+            return None
+        if not mapping:
+            message = "`build` is empty: write `build: .` to build the workspace's Dockerfile"
+            self.add(node, where, message)
+            return None
+        before = len(self.problems)
+        fallback = "build takes only " + ", ".join(_BUILD_KEYS)
+        self.check_keys(
+            mapping, where, _BUILD_KEYS, _BUILD_HINTS, reserved=False, fallback=fallback
+        )
+        context = dockerfile = None
+        if "context" in mapping:
+            context = self.build_path(mapping["context"][1], f"{where}.context", "context")
+        if "dockerfile" in mapping:
+            file_node = mapping["dockerfile"][1]
+            dockerfile = self.build_path(file_node, f"{where}.dockerfile", "dockerfile")
+        tags = self.references(mapping, "tags", where, MAX_TAGS)
+        cache_from = self.references(mapping, "cache_from", where, MAX_CACHE_FROM)
+        build_args = self.build_args(mapping, where)
+        push = self.scalar(mapping, "push", where, _parse_bool, "true or false")
+        secret = None
+        if "registry_secret" in mapping:
+            secret = self.secret_name(mapping["registry_secret"][1], f"{where}.registry_secret")
+        if push and "tags" not in mapping:
+            message = (
+                "`push: true` needs `tags`: name the image to push, "
+                "e.g. registry.example.com/app:1.0"
+            )
+            self.add(mapping["push"][1], f"{where}.push", message)
+        if len(self.problems) > before:
+            return None
+        context = context or "."
+        return ImageBuild(
+            context=context,
+            dockerfile=dockerfile or _default_dockerfile(context),
+            tags=tags or (),
+            build_args=build_args or {},
+            push=bool(push),
+            registry_secret=secret,
+            cache_from=cache_from or (),
+        )
+
+    def build_path(self, node: Node, path: str, key: str) -> str | None:
+        """`context` or `dockerfile`, normalised; its check waits for each cell of the
+        matrix when it uses the matrix's variables."""
+        text = self.text(node, path, "a path")
+        if text is None:
+            return None
+        if self.matrix_text(node, path, text, functools.partial(check_build_path, key=key)):
+            return posixpath.normpath(text)
+        try:
+            return check_build_path(text, key)
+        except ValueError as error:
+            self.add(node, path, str(error))
+            return None
+
+    def references(
+        self, mapping: dict[str, tuple[Node, Node]], key: str, path: str, limit: int
+    ) -> tuple[str, ...] | None:
+        """`tags` or `cache_from` (a digest allowed there): an image reference or a list
+        of at most `limit`, each once."""
+        if key not in mapping:
+            return ()
+        node, where = mapping[key][1], f"{path}.{key}"
+        noun = "tag" if key == "tags" else "image"
+        if isinstance(node, SequenceNode) and not node.value:
+            self.add(node, where, f"the list is empty: name at least one {noun}, or remove `{key}`")
+            return None
+        found = self.names(node, where, allow_empty=False)
+        if found is None:
+            return None
+        if len(found) > limit:
+            message = f"too many {noun}s ({len(found)}); `{key}` may have at most {limit}"
+            self.add(node, where, message)
+            return None
+        check = functools.partial(check_image_reference, digest=key == "cache_from", variables=True)
+        first: dict[str, Node] = {}
+        valid = True
+        for text, item, item_path in found:
+            if text in first:
+                line = first[text].start_mark.line + 1
+                self.add(item, item_path, f"duplicate {noun} {text!r} (first on line {line})")
+                valid = False
+                continue
+            first[text] = item
+            valid = self.checked(item, item_path, text, check) and valid
+        return tuple(first) if valid else None
+
+    def build_args(self, mapping: dict[str, tuple[Node, Node]], path: str) -> dict[str, str] | None:
+        """`build_args`: NAME -> the value as written, `${NAME}` replaced per cell."""
+        if "build_args" not in mapping:
+            return {}
+        where = f"{path}.build_args"
+        args = self.mapping(mapping["build_args"][1], where, "a mapping of NAME: value")
+        if args is None:
+            return None
+        if len(args) > MAX_BUILD_ARGS:
+            message = (
+                f"too many build args ({len(args)}); a build may have at most {MAX_BUILD_ARGS}"
+            )
+            self.add(mapping["build_args"][1], where, message)
+            return None
+        values = {}
+        for name, (key, value) in args.items():
+            arg_path = f"{where}.{name}"
+            self.variable_name(name, key, arg_path, what="build arg")
+            if isinstance(value, MappingNode) and "from_secret" in self.pairs(value):
+                message = (
+                    "a build arg cannot come from a secret: build args stay in the image's "
+                    "history, where anyone who pulls the image reads them; remove it"
+                )
+                self.add(value, arg_path, message)
+                continue
+            text = self.text(value, arg_path, "a value (a string, number or boolean)")
+            if text is not None:
+                self.matrix_text(value, arg_path, text)
+                values[name] = text
+        return values
+
+    def checked(self, node: Node, path: str, text: str, check: Callable[[str], object]) -> bool:
+        """Whether `text` passes `check` (else reported), or will be checked in each cell
+        of the matrix, with its values, because it uses them."""
+        if self.matrix_text(node, path, text, check):
+            return True
+        try:
+            check(text)
+        except ValueError as error:
+            self.add(node, path, str(error))
+            return False
+        return True
+
     def matrix_text(
         self,
         node: Node,
@@ -2358,36 +2809,59 @@ class _Checker:
         if pairs is None:
             return draft
         before = len(self.problems)
-        self.check_keys(pairs, path, _STEP_KEYS, _STEP_HINTS)
+        builds = "build" in pairs
+        hints = (_STEP_HINTS | {"tags": _TAGS_HINT}) if builds else _STEP_HINTS
+        self.check_keys(pairs, path, _STEP_KEYS, hints)
         if "name" in pairs:
             draft.name_node, draft.name_path = pairs["name"][1], f"{path}.name"
             draft.name = self.scalar(pairs, "name", path, _parse_name)
-        if "run" not in pairs:
-            self.add(node, path, "missing key 'run': the commands this step runs")
+        if builds and "run" in pairs:
+            message = (
+                "a step either runs a script (`run`) or builds an image (`build`), "
+                "not both: make them two steps"
+            )
+            self.add(pairs["build"][0], path, message)
+        elif not builds and "run" not in pairs:
+            message = (
+                "missing key 'run': the commands this step runs (or `build:`, an image to build)"
+            )
+            self.add(node, path, message)
         run = self.scalar(pairs, "run", path, _parse_run)
         if run is not None and self.matrix_node is not None:
             self.github_matrix(pairs["run"][1], f"{path}.run", run, script=True)
-        shell = self.scalar(pairs, "shell", path, _parse_shell)
-        own_image = self.image(pairs, path)
+        shell = own_image = workdir = build = None
+        if builds:
+            for key in ("image", "shell", "workdir"):
+                if key in pairs:
+                    message = f"a build step runs no container of its own: remove `{key}`"
+                    self.add(pairs[key][0], f"{path}.{key}", message)
+            build = self.build(pairs["build"][1], path)
+        else:
+            shell = self.scalar(pairs, "shell", path, _parse_shell)
+            own_image = self.image(pairs, path)
+            workdir = self.scalar(pairs, "workdir", path, _parse_workdir)
         draft.parallel = bool(self.scalar(pairs, "parallel", path, _parse_bool, "true or false"))
         if "needs" in pairs:
             draft.needs = self.names(pairs["needs"][1], f"{path}.needs", allow_empty=True)
         step_env, step_secrets = self.env(pairs, path)
-        workdir = self.scalar(pairs, "workdir", path, _parse_workdir)
         timeout = self.scalar(pairs, "timeout", path, parse_duration, "a duration")
         retry = self.scalar(pairs, "retry", path, _parse_retry, "a whole number from 0 to 5")
         allow_failure = self.scalar(pairs, "allow_failure", path, _parse_bool, "true or false")
         when = self.when(pairs, path)
-        if len(self.problems) == before and run is not None and draft.name is not None:
+        if (
+            len(self.problems) == before
+            and draft.name is not None
+            and (run is not None or build is not None)
+        ):
             needs = None
             if draft.needs is not None:
                 needs = tuple(dict.fromkeys(name for name, _, _ in draft.needs))
             draft.step = Step(
                 name=draft.name,
-                run=run,
+                run=run or "",
                 index=index,
                 shell=shell or "sh",
-                image=own_image or image,
+                image=None if build is not None else own_image or image,
                 parallel=draft.parallel,
                 needs=needs,
                 # A step's own variable, plain or secret, replaces the pipeline's.
@@ -2398,6 +2872,7 @@ class _Checker:
                 retry=retry or 0,
                 allow_failure=bool(allow_failure),
                 when=when,
+                build=build,
             )
         return draft
 

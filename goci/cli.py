@@ -41,6 +41,7 @@ from builds.pipeline import (
     secrets_wanted,
     select_cells,
     with_secret_values,
+    without_registry_secrets,
 )
 from runners.engine import BuildResult, Engine, Executor, Status, StepResult
 from runners.executors import ByImage
@@ -285,9 +286,14 @@ def labels_arg(text: str) -> str:
 
 def git_branch(directory: Path) -> str | None:
     """The checked-out branch, for `when: branch`; None outside a repository."""
+    return git_output(directory, "symbolic-ref", "--short", "-q", "HEAD")
+
+
+def git_output(directory: Path, *args: str) -> str | None:
+    """What `git ARGS` prints in `directory`; None outside a repository."""
     try:
         done = subprocess.run(
-            ["git", "-C", str(directory), "symbolic-ref", "--short", "-q", "HEAD"],
+            ["git", "-C", str(directory), *args],
             capture_output=True,
             text=True,
             timeout=5,
@@ -345,6 +351,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         picks.append((name, value))
     args.file = pipeline_file(args.file, "run")
     pipeline = read_pipeline(args.file)
+    if args.event == "pull_request":
+        pipeline = without_registry_secrets(pipeline)  # it never pushes: no credentials
     try:
         cells = select_cells(pipeline, picks)
     except ValueError as exc:
@@ -362,8 +370,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     workspace = Path(args.file).resolve().parent
     needs_docker = any(step.image for _, run in runs for step in run.steps)
+    images = None
+    if any(step.build for _, run in runs for step in run.steps):
+        from runners.executors.image_build import ImageBuilder  # noqa: PLC0415
+
+        # As on the server, a pull request's image is built, never pushed.
+        refused = "pull_request" if args.event == "pull_request" else None
+        images = ImageBuilder(workspace, push_refused=refused)
+        # Tags name the commit (${GOCI_COMMIT_SHA}), as on the server.
+        commit = git_output(workspace, "rev-parse", "-q", "--verify", "HEAD")
+        if commit:
+            env = {"GOCI_COMMIT": commit, "GOCI_COMMIT_SHA": commit, **env}
     executor = ByImage(
-        LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None
+        LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None, images
     )
     # The branch only matters to `when`; asking git costs a process, so only then.
     branch = args.branch

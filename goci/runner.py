@@ -57,6 +57,7 @@ from runners.checkout import (
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
+from runners.executors.image_build import ImageBuilder
 from runners.executors.local import LocalExecutor
 from runners.lines import DEFAULT_LOG_CAP, FLUSH_SECONDS, Masker, PendingLines, StepLog
 
@@ -383,6 +384,8 @@ class HttpReporter:
             exit_code=None,
             error="",
             image=step.image or "",
+            image_id="",
+            digests={},
         )
 
     def step_log(
@@ -402,6 +405,8 @@ class HttpReporter:
             error=self.mask.text(result.error or ""),
             finished_at=_now() if started else None,
             image=step.image or "",
+            image_id=result.image_id,
+            digests=dict(result.digests),
         )
 
     def idle(self) -> None:
@@ -756,14 +761,14 @@ class Runner:
             return
         if secrets:
             pipeline = with_secret_values(pipeline, secrets)
-        hostless = [step.name for step in pipeline.steps if step.image is None]
+        hostless = [s.name for s in pipeline.steps if s.image is None and s.build is None]
         if hostless and self.config.host_steps != "allow":
             if not self.config.default_image:
                 why = f"{NO_HOST_STEPS} (steps without image: {', '.join(hostless)})"
                 self._refuse(job, why, hostless, names)
                 return
             steps = tuple(
-                s if s.image else dataclasses.replace(s, image=self.config.default_image)
+                s if s.image or s.build else dataclasses.replace(s, image=self.config.default_image)
                 for s in pipeline.steps
             )
             pipeline = dataclasses.replace(pipeline, steps=steps)
@@ -775,7 +780,7 @@ class Runner:
         )
         job.reporter = reporter
         try:
-            executor = self._executor(pipeline, workspace)
+            executor = self._executor(pipeline, workspace, payload.get("push_refused"))
         except Exception as exc:  # noqa: BLE001  (Docker unreachable: every step says why)
             self._abandon(job, reporter, pipeline, str(exc))
             return
@@ -932,7 +937,7 @@ class Runner:
         payload["secrets_error"] = answer["secrets_error"]
         return pipeline, list(answer["missing_labels"])
 
-    def _executor(self, pipeline: Pipeline, workspace: Path) -> Executor:
+    def _executor(self, pipeline: Pipeline, workspace: Path, refused: str | None) -> Executor:
         containers = None
         if any(step.image for step in pipeline.steps):
             from runners.executors.docker import from_environment  # noqa: PLC0415
@@ -942,7 +947,7 @@ class Runner:
         if self.config.host_steps == "allow":
             home = workspaces.home_of(workspace)
             local = LocalExecutor(workspace, env=workspaces.host_env(home), supervise=True)
-        return ByImage(local, containers)
+        return ByImage(local, containers, ImageBuilder(workspace, push_refused=refused))
 
     def _finish(self, job: Job, status: str, error: str = "") -> None:
         if job.gone.is_set():

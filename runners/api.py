@@ -38,7 +38,7 @@ from builds import access_tokens, services
 from builds import api as user_api
 from builds.live import STEP_VALUES, Publisher, step_message
 from builds.models import Job, Step
-from builds.pipeline import MAX_BYTES, Pipeline, PipelineError
+from builds.pipeline import MAX_BYTES, MAX_TAGS, Pipeline, PipelineError
 from builds.secrets import CLONE_SSH_KEY, CLONE_TOKEN, SecretError, SecretRefused, secret_for_goci
 from goci.audit import context
 from runners import queue
@@ -56,6 +56,7 @@ from runners.worker import (
     fetch_ref,
     job_pipeline,
     job_secrets,
+    push_refused,
     server_env,
 )
 
@@ -159,6 +160,10 @@ Text = user_api.Text
 Lines = Annotated[list[str], AfterValidator(_lines)]
 Label = Annotated[str, Field(max_length=50), user_api.Storable]
 StepId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# A `build:` step's results: the image's ID ("" before it is built) and each tag's digest.
+IMAGE_ID = r"^(sha256:[0-9a-f]{64})?$"
+DIGEST = r"^sha256:[0-9a-f]{64}$"
+ImageTag = Annotated[str, Field(min_length=1, max_length=255), user_api.Storable]
 LineNumber = Annotated[int, Field(ge=1, le=MAX_LINE)]
 Ended = Literal["success", "failure", "error", "canceled"]
 StepStatus = Literal["queued", "running", "success", "failure", "error", "canceled", "skipped"]
@@ -221,6 +226,11 @@ class JobOut(Schema):
     branch: str | None = Field(description="The branch `when:` sees: a PR's target branch.")
     event: str
     fork: bool = Field(description="A fork's code: it gets no secrets.")
+    push_refused: str | None = Field(
+        None,
+        description="Why its `build:` steps must not push ('pull_request', 'fork'); "
+        "null when they may.",
+    )
     changed_files: list[str] | None
     labels: list[str]
     matrix: dict[str, str] = Field(
@@ -281,6 +291,11 @@ class StepStateIn(Schema):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     image: Annotated[str, Field(max_length=500), user_api.Storable] | None = None
+    image_id: Annotated[str, Field(pattern=IMAGE_ID)] | None = None
+    digests: (
+        Annotated[dict[ImageTag, Annotated[str, Field(pattern=DIGEST)]], Field(max_length=MAX_TAGS)]
+        | None
+    ) = None
 
 
 class ReportIn(Schema):
@@ -441,6 +456,7 @@ def _job_payload(job: Job) -> dict[str, Any]:
         "branch": branch_of(build),
         "event": server_env(build)["GOCI_EVENT"],
         "fork": build.fork,
+        "push_refused": push_refused(build),
         "changed_files": build.changed_files,
         "labels": list(job.labels),
         "matrix": dict(job.matrix),

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -43,6 +43,9 @@ class StepOutcome:
     canceled: bool = False
     error: str | None = None  # infrastructure error, shown to the user
     failure: str | None = None  # why a non-zero exit happened, if known (out of memory)
+    # A `build:` step's image: its ID, and each pushed tag's digest.
+    image_id: str = ""
+    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class StepResult:
     duration: float = 0.0  # seconds, all attempts
     attempts: int = 0
     allowed_failure: bool = False
+    image_id: str = ""  # a `build:` step's (StepOutcome)
+    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -383,6 +388,8 @@ class Engine:
             duration=time.monotonic() - started,
             attempts=attempts,
             allowed_failure=step.allow_failure and status in _FAILED,
+            image_id=outcome.image_id,
+            digests=outcome.digests,
         )
         put(_Finished(step, result))
 

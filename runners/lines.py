@@ -171,8 +171,27 @@ def secret_forms(value: str) -> set[str]:
     forms = {value, *(line.removesuffix("\r") for line in value.split("\n"))}
     forms |= encoded | {form.translate(_URLSAFE) for form in encoded}
     forms |= {quote(value, safe=""), quote_plus(value, safe="")}
+    # A secret that holds a JSON object (a registry's {"username": ..., "password": ...},
+    # a service account's key) gives each of its values away alone too.
+    for part in _json_strings(value):
+        forms |= secret_forms(part)
     # The value itself is always masked; shorter derived forms would hide too much.
     return {form for form in forms if len(form) >= MIN_SECRET or form == value}
+
+
+def _json_strings(value: str) -> list[str]:
+    """The string values, long enough to mask, of a secret that is a JSON object."""
+    if not value.lstrip().startswith("{"):
+        return []
+    import json  # noqa: PLC0415  (only for such a secret: `goci run` starts without it)
+
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    return [v for v in data.values() if isinstance(v, str) and len(v) >= MIN_SECRET and v != value]
 
 
 def _fills_piece(line: str) -> bool:

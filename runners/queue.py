@@ -212,7 +212,16 @@ def fenced(job_id: int, attempt: int, runner: Runner | None = None) -> Iterator[
 
 
 # A step's row as the worker reports it: the whole state, so a write is idempotent.
-STEP_STATE = ("status", "exit_code", "error", "started_at", "finished_at", "image")
+STEP_STATE = (
+    "status",
+    "exit_code",
+    "error",
+    "started_at",
+    "finished_at",
+    "image",
+    "image_id",
+    "digests",
+)
 
 
 def job_report(

@@ -237,6 +237,8 @@ class BuildReporter:
             exit_code=None,
             error="",
             image=step.image or "",
+            image_id="",
+            digests={},
         )
 
     def step_log(self, step: Step, first_line: int, lines: Sequence[str], at: float) -> None:
@@ -260,6 +262,8 @@ class BuildReporter:
             started_at=started,
             finished_at=timezone.now() if started else None,
             image=step.image or "",
+            image_id=result.image_id,
+            digests=dict(result.digests),
         )
 
     def build_finished(self, result: BuildResult) -> None:

@@ -37,6 +37,7 @@ from builds.pipeline import (
     load,
     secrets_wanted,
     with_secret_values,
+    without_registry_secrets,
 )
 from builds.pipeline import Step as PipelineStep
 from builds.secrets import (
@@ -61,6 +62,7 @@ from runners.checkout import (
 from runners.engine import BuildResult, Engine, Executor, StepResult
 from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
+from runners.executors.image_build import ImageBuilder
 from runners.executors.local import LocalExecutor
 from runners.lines import StepLog
 from runners.models import Runner
@@ -356,7 +358,7 @@ class Worker:
             return
         if values:
             pipeline = with_secret_values(pipeline, values)
-        hostless = [step.name for step in pipeline.steps if step.image is None]
+        hostless = [s.name for s in pipeline.steps if s.image is None and s.build is None]
         if hostless and settings.GOCI_HOST_STEPS != "allow":
             if not settings.GOCI_DEFAULT_IMAGE:
                 self._refuse(job, steps, pipeline, hostless)
@@ -366,7 +368,7 @@ class Worker:
         lifetime = (pipeline.timeout or JOB_TOKEN_LIFETIME) + JOB_TOKEN_SLACK
         job_token = access_tokens.issue_for_job(job, lifetime=lifetime)
         try:
-            executor = self._executor(pipeline.steps, workspace)
+            executor = self._executor(pipeline.steps, workspace, push_refused(build))
         except Exception as exc:  # noqa: BLE001  (the build shows why it could not run)
             # Docker unreachable, a bad GOCI_STEP_* setting: every step shows why.
             unstarted = BuildReporter(job, steps, self.publisher, on_lost=lambda: None)
@@ -637,16 +639,19 @@ class Worker:
         if not reporter.lost:
             self._finish(job, Status.ERROR, error)
 
-    def _executor(self, steps: object, workspace: Path) -> Executor:
+    def _executor(
+        self, steps: Sequence[PipelineStep], workspace: Path, refused: str | None
+    ) -> Executor:
         containers = None
-        if any(step.image for step in steps):  # type: ignore[attr-defined]
+        if any(step.image for step in steps):
             from runners.executors.docker import from_environment  # noqa: PLC0415
 
             containers = from_environment(workspace)
         local = None
         if settings.GOCI_HOST_STEPS == "allow":
             local = LocalExecutor(workspace, env=host_env(home_of(workspace)), supervise=True)
-        return ByImage(local, containers)
+        images = ImageBuilder(workspace, push_refused=refused)
+        return ByImage(local, containers, images)
 
     def _heartbeat(self) -> None:
         """For every running job: look for a cancel every CHECK_EVERY (one query for
@@ -724,6 +729,7 @@ def server_env(build: Build) -> dict[str, str]:
         "GOCI_PROJECT": build.project.slug,
         "GOCI_REF": build.ref,
         "GOCI_COMMIT": build.commit,
+        "GOCI_COMMIT_SHA": build.commit,  # the name GitLab and the issue's example use
         "GOCI_EVENT": EVENTS.get(build.trigger, build.trigger),
     }
 
@@ -741,6 +747,15 @@ def secret_scope(build: Build) -> dict[str, Any]:
     return {"event": EVENTS.get(trigger, trigger), "fork": build.fork}
 
 
+def push_refused(build: Build) -> str | None:
+    """Why this build's `build:` steps must not push: the code is a pull request's (or a
+    fork's), judged as secret_scope judges it; None when they may."""
+    scope = secret_scope(build)
+    if scope["event"] == "pull_request":
+        return "pull_request"
+    return "fork" if scope["fork"] else None
+
+
 def job_pipeline(job: Job) -> Pipeline:
     """The pipeline this job runs: the build's, or its matrix cell's (PipelineError,
     ValueError for a cell the pipeline no longer has)."""
@@ -752,6 +767,11 @@ def job_secrets(build: Build, pipeline: Pipeline) -> dict[str, str]:
     """The values of the secrets that the pipeline's steps may use in this build, by
     name (SecretRefused, SecretError). None for a fork's code: the variables it asks
     for stay unset (as in GitHub Actions and Woodpecker), and the build page says why."""
+    if push_refused(build):
+        # A pull request's image is built, never pushed: its steps need no credential
+        # of the registry, and its code gets none (so a PR builds whatever the
+        # secret's events are).
+        pipeline = without_registry_secrets(pipeline)
     wanted = secrets_wanted(
         pipeline,
         branch=branch_of(build),
@@ -769,7 +789,8 @@ def job_secrets(build: Build, pipeline: Pipeline) -> dict[str, str]:
 def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:
     """The pipeline with `image` for every step that has none (GOCI_DEFAULT_IMAGE)."""
     steps = tuple(
-        step if step.image else dataclasses.replace(step, image=image) for step in pipeline.steps
+        step if step.image or step.build else dataclasses.replace(step, image=image)
+        for step in pipeline.steps
     )
     return dataclasses.replace(pipeline, steps=steps)
 

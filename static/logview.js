@@ -910,6 +910,31 @@ function setTimes(el, started, finished) {
   else delete el.dataset.finishedAt;
 }
 
+/** A `build:` step's image ID and pushed tags (a "step" message's image_id, digests). */
+function showBuilt(el, imageId, digests) {
+  el.hidden = !imageId;
+  if (!imageId) return;
+  const doc = el.ownerDocument;
+  const rows = [["Image", imageId, ""]];
+  for (const [tag, digest] of Object.entries(digests)) rows.push(["Pushed", tag, digest]);
+  el.replaceChildren();
+  for (const [term, first, second] of rows) {
+    const dt = doc.createElement("dt");
+    dt.textContent = term;
+    const dd = doc.createElement("dd");
+    const code = doc.createElement("code");
+    code.textContent = first;
+    dd.append(code);
+    if (second) {
+      const digest = doc.createElement("code");
+      digest.className = "muted";
+      digest.textContent = second;
+      dd.append(" ", digest);
+    }
+    el.append(dt, dd);
+  }
+}
+
 function setStatusOf(el, status) {
   for (const name of [...el.classList]) if (name.startsWith("status-")) el.classList.remove(name);
   el.classList.add(`status-${status}`);
@@ -1084,10 +1109,14 @@ export class LogPage {
         el.textContent = detail.error ? `${status === "skipped" ? "Skipped: " : ""}${detail.error}` : "";
       }
     }
+    if (detail.image_id !== undefined) {
+      for (const el of all("data-step-built")) showBuilt(el, detail.image_id, detail.digests || {});
+    }
     if (view && view.empty) view.empty.textContent = view.emptyText();
   }
 
   // --- Durations: the server's numbers, counted on each second while running ----
+
 
   /** The text of a duration element: `seconds` when known, else counted from its
    * data-started-at by this page's clock corrected by the server's (data-now). */

@@ -88,6 +88,8 @@ STEP_KEYS = {
     "position",
     "needs",
     "image",
+    "image_id",
+    "digests",
     "status",
     "exit_code",
     "error",
@@ -362,7 +364,9 @@ def test_an_invalid_pipeline_is_422_with_what_goci_validate_prints(
             "path": "steps[0]",
             "line": 2,
             "column": 5,
-            "message": "missing key 'run': the commands this step runs",
+            "message": (
+                "missing key 'run': the commands this step runs (or `build:`, an image to build)"
+            ),
         },
         {
             "path": "steps[0]",

@@ -43,6 +43,8 @@ NOT_STARTED = {
     "started_at": None,
     "finished_at": None,
     "duration": None,
+    "image_id": "",  # a `build:` step's, once built
+    "digests": {},
 }
 TIMEOUT = 5
 
@@ -151,6 +153,8 @@ async def test_the_owner_is_caught_up_from_the_line_it_holds_then_follows_live()
             "error": None,
             "finished_at": None,
             "duration": None,
+            "image_id": "",
+            "digests": {},
         },
         {"type": "step", **NOT_STARTED, "step": "count", "status": "queued"},
         {"type": "build", "status": "running"},

@@ -233,6 +233,7 @@ def test_every_key_is_read() -> None:
         "retry": 3,
         "allow_failure": True,
         "when": {"branch": ("main", "release/*"), "event": ("push",), "path": None},
+        "build": None,
     }
     assert check.image == "golang:1.22"  # the pipeline's image is every step's default
     assert check.env == {"A": "pipeline", "B": "pipeline"}
@@ -671,7 +672,10 @@ def test_a_step_must_be_a_mapping_with_run() -> None:
     found = problems("steps:\n  - make\n  - name: x\n  - run: '  '\n  - run:\n")
     assert [(at(p), p.message) for p in found] == [
         ((2, 5, "steps[0]"), "expected a step (a mapping with `run:`), found 'make'"),
-        ((3, 5, "steps[1]"), "missing key 'run': the commands this step runs"),
+        (
+            (3, 5, "steps[1]"),
+            "missing key 'run': the commands this step runs (or `build:`, an image to build)",
+        ),
         ((4, 10, "steps[2].run"), "`run` is empty: write the commands this step runs"),
         ((5, 9, "steps[3].run"), "`run` is empty: write the commands this step runs"),
     ]
@@ -1036,7 +1040,8 @@ def test_several_problems_are_reported_at_once_in_file_order() -> None:
         "p.yml:5:12: steps[0].retry: retry may be at most 5, found 9",
         "p.yml:8:15: steps[1].parallel: expected true or false, found 'yes'",
         "p.yml:9:13: steps[1].needs[0]: unknown step 'Biuld' in needs (did you mean 'Build'?)",
-        "p.yml:10:5: steps[2]: missing key 'run': the commands this step runs",
+        "p.yml:10:5: steps[2]: missing key 'run': the commands this step runs "
+        "(or `build:`, an image to build)",
         "p.yml:11:5: steps[2]: unknown key 'commands' "
         "(Goci calls this 'run', one script with a command per line)",
         "p.yml:12:11: steps[2].env.GOCI_TOKEN: 'GOCI_TOKEN' is set by Goci; choose another name",
@@ -1083,7 +1088,7 @@ def test_json_schema_keys_are_the_keys_the_validator_knows() -> None:
             assert value["description"], key
     assert step["additionalProperties"] is False
     assert when["additionalProperties"] is False
-    assert step["required"] == ["run"]
+    assert step["oneOf"] == [{"required": ["run"]}, {"required": ["build"]}]
 
 
 def test_every_key_in_the_schema_is_accepted_by_the_validator() -> None:
@@ -1103,7 +1108,8 @@ def test_every_key_in_the_schema_is_accepted_by_the_validator() -> None:
         "allow_failure": "false",
         "when": "{event: push}",
     }
-    assert set(valid) == set(step_keys)
+    # `build` replaces `run`, `shell`, `image` and `workdir`: tests/test_pipeline_build.py.
+    assert set(valid) | {"build"} == set(step_keys)
     source = "steps:\n  - " + "\n    ".join(f"{k}: {v}" for k, v in valid.items()) + "\n"
     assert load(source).steps[0].name == "x"
     for key in ("name", "image", "env", "timeout"):

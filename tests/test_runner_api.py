@@ -519,3 +519,46 @@ def test_a_long_poll_reaps_expired_leases_so_runners_alone_hand_jobs_on(
 
     assert (again["job_id"], again["attempt"]) == (job["job_id"], 2)
     assert call("post", job_path(job, "lease"), lost).status_code == 409
+
+
+@pytest.mark.django_db
+def test_a_build_steps_image_and_digests_are_reported_checked_and_shown() -> None:
+    token = register()
+    submit(make_project(), PIPELINE)
+    job = claim(token)
+    assert job["push_refused"] is None  # an API build may push
+    step = job["steps"][0]["id"]
+    image_id = "sha256:" + "a" * 64
+    digest = "sha256:" + "b" * 64
+    bad = [
+        {"image_id": "sha256:short"},
+        {"image_id": "a" * 71},
+        {"digests": {"x/y:1": "md5:abc"}},
+        {"digests": {"x/y:\u0000": digest}},
+        {"digests": {f"x/y:{i}": digest for i in range(21)}},
+        {"digests": {"x" * 256: digest}},
+    ]
+    for state in bad:
+        response = call("post", job_path(job, "report"), token, {"steps": {str(step): state}})
+        assert response.status_code == 422, state
+        assert response.json()["detail"]
+    good = {"status": "success", "image_id": image_id, "digests": {"x/y:1": digest}}
+    response = call("post", job_path(job, "report"), token, {"steps": {str(step): good}})
+    assert response.status_code == 200, response.content
+    stored = Step.objects.get(pk=step)
+    assert (stored.image_id, stored.digests) == (image_id, {"x/y:1": digest})
+    from django.contrib.auth.models import User
+
+    owner = User.objects.get(username="ann")  # make_project's owner
+    api = Client().get(
+        f"/api/builds/{job['build_id']}", headers={"Authorization": f"Bearer {make_token(owner)}"}
+    )
+    shown = api.json()["jobs"][0]["steps"][0]
+    assert (shown["image_id"], shown["digests"]) == (image_id, {"x/y:1": digest})
+
+
+@pytest.mark.django_db
+def test_a_pull_request_job_says_its_images_must_not_be_pushed() -> None:
+    token = register()
+    submit(make_project(), PIPELINE, trigger=Build.Trigger.PULL_REQUEST)
+    assert claim(token)["push_refused"] == "pull_request"

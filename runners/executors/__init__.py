@@ -36,24 +36,36 @@ def prune_containers() -> subprocess.Popen[bytes] | None:
 
 class ByImage:
     """Steps with an image run in containers, the others in the host shell
-    (PIPELINE.md: no image -> the host shell), unless there is none (local=None)."""
+    (PIPELINE.md: no image -> the host shell), unless there is none (local=None);
+    `build:` steps go to the image builder (image_build.py)."""
 
-    def __init__(self, local: Executor | None, containers: Executor | None) -> None:
+    def __init__(
+        self,
+        local: Executor | None,
+        containers: Executor | None,
+        images: Executor | None = None,
+    ) -> None:
         self.local = local
         self.containers = containers
+        self.images = images
 
     def prepare(self, pipeline: Pipeline) -> None:
-        if self.local is not None:
-            self.local.prepare(pipeline)
-        if self.containers is not None:
-            self.containers.prepare(pipeline)
+        for executor in (self.local, self.containers, self.images):
+            if executor is not None:
+                executor.prepare(pipeline)
 
     def ready_soon(self, step: Step, env: Mapping[str, str]) -> None:
+        if step.build is not None:
+            return
         executor = self.containers if step.image is not None else self.local
         if isinstance(executor, GetsReady):
             executor.ready_soon(step, env)
 
     def run_step(self, run: StepRun) -> StepOutcome:
+        if run.step.build is not None:
+            if self.images is None:
+                return StepOutcome(error="this step builds an image, and no builder is set up")
+            return self.images.run_step(run)
         if run.step.image is None:
             if self.local is None:
                 return StepOutcome(error=NO_HOST_STEPS)
@@ -64,8 +76,12 @@ class ByImage:
 
     def cleanup(self) -> None:
         try:
-            if self.containers is not None:
-                self.containers.cleanup()
+            if self.images is not None:
+                self.images.cleanup()
         finally:
-            if self.local is not None:
-                self.local.cleanup()
+            try:
+                if self.containers is not None:
+                    self.containers.cleanup()
+            finally:
+                if self.local is not None:
+                    self.local.cleanup()
