@@ -57,7 +57,7 @@ steps:
   - name: image
     build:
       context: ${{SERVICE}}
-      tags: [bench/${{SERVICE}}:latest]
+      tags: ["bench/${{SERVICE}}:latest"]
       build_args: {{VERSION: "1"}}
 """
 

@@ -44,6 +44,24 @@ def run_one(build: Build) -> Build:
     return build
 
 
+def run_all(build: Build, publisher: Any = None) -> Build:
+    """Every queued job of the build (each cell of a matrix), by one in-process worker,
+    one after another (`publisher`: what it publishes to, none by default); the build
+    reloaded."""
+    from runners.worker import Worker
+
+    worker = Worker(name="w1")
+    if publisher is not None:
+        worker.publisher = publisher
+    try:
+        while worker.run_one_job():
+            pass
+    finally:
+        worker.close()
+    build.refresh_from_db()
+    return build
+
+
 def log_lines(step: Step, attempt: int | None = None) -> list[tuple[int, str]]:
     """(line number, text) of a step's log, in order, from the database."""
     chunks = LogChunk.objects.filter(step=step).order_by("attempt", "first_line")

@@ -69,28 +69,31 @@ class Registry:
 
 
 @contextmanager
-def registry(root: Path) -> Iterator[Registry]:
+def registry(root: Path, *, auth: bool = True) -> Iterator[Registry]:
+    """A registry on a free port of 127.0.0.1, storing under `root`; with `auth`, it
+    takes USER and PASSWORD only (htpasswd), else anyone."""
     binary = shutil.which("docker-registry")
     htpasswd = shutil.which("htpasswd")
-    if binary is None or htpasswd is None:
+    if binary is None or (auth and htpasswd is None):
         need("docker-registry and htpasswd (Debian: docker-registry, apache2-utils)")
     assert binary is not None
-    assert htpasswd is not None
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     root.mkdir(parents=True, exist_ok=True)
     users = root / "htpasswd"
-    made = subprocess.run(
-        [htpasswd, "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True
-    )
-    users.write_text(made.stdout)
+    if auth:
+        assert htpasswd is not None
+        made = subprocess.run(
+            [htpasswd, "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True
+        )
+        users.write_text(made.stdout)
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\n"
         f"storage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\n"
-        f"auth: {{htpasswd: {{realm: goci-test, path: {users}}}}}\n"
+        + (f"auth: {{htpasswd: {{realm: goci-test, path: {users}}}}}\n" if auth else "")
     )
     server = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
     try:

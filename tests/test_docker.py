@@ -432,50 +432,26 @@ def test_local_steps_still_run_on_the_host_beside_container_steps(
 @pytest.fixture
 def local_registry(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real registry (Debian's docker-registry) on localhost holding the test image."""
-    import shutil
-    import socket
+    from tests.registry import registry
 
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        from tests.conftest import need
-
-        need("docker-registry (Debian package docker-registry) for pull tests")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    root = tmp_path_factory.mktemp("registry")
-    config = root / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog: {{level: error}}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root}/data}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    server = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as conn:
-                if conn.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        image = f"127.0.0.1:{port}/goci-test/pull-me:1"
-        # A layer of its own, so that pulling really downloads something.
-        maker = docker_client.containers.create(TEST_IMAGE, ["sh", "-c", "echo x > /marker"])
+    with registry(tmp_path_factory.mktemp("registry"), auth=False) as running:
+        image = f"{running.host}/goci-test/pull-me:1"
         try:
-            maker.start()
-            maker.wait()
-            repository, tag = image.rsplit(":", 1)
-            maker.commit(repository=repository, tag=tag)
+            # A layer of its own, so that pulling really downloads something.
+            maker = docker_client.containers.create(TEST_IMAGE, ["sh", "-c", "echo x > /marker"])
+            try:
+                maker.start()
+                maker.wait()
+                repository, tag = image.rsplit(":", 1)
+                maker.commit(repository=repository, tag=tag)
+            finally:
+                maker.remove(force=True)
+            docker_client.images.push(image)
+            docker_client.images.remove(image)
+            yield image
         finally:
-            maker.remove(force=True)
-        docker_client.images.push(image)
-        docker_client.images.remove(image)
-        yield image
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(f"127.0.0.1:{port}/goci-test/pull-me:1")
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(image)
 
 
 def test_a_missing_image_is_pulled_with_progress_in_the_step_log(

@@ -22,15 +22,13 @@ from django.db import connection
 from django.test import Client
 
 from builds import services
-from builds.forges import gitea
 from builds.models import FINISHED, Build, Job, LogChunk, Status, Step
 from builds.secrets import secret_set
-from runners.worker import Worker
 from tests.git_server import GitServer, Repo
 from tests.helpers import make_token
-from tests.queue_helpers import wait_for
+from tests.queue_helpers import run_all, wait_for
 from tests.registry import Registry, registry
-from tests.test_push_to_status import CORPUS, HOOK, _project, forge, live_server_post
+from tests.test_push_to_status import CORPUS, HOOK, _project, forge, open_pull_request
 from tests.test_runner_client import finished, register, start_runner
 from tests.test_secrets_worker import Frames
 
@@ -77,19 +75,6 @@ def reg(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterato
         for image in docker_client.images.list(name=f"{running.host}/*"):
             for tag in image.tags:
                 docker_client.images.remove(tag, force=True)
-
-
-def run_all(build: Build, frames: Frames | None = None) -> Build:
-    worker = Worker(name="w1")
-    if frames is not None:
-        worker.publisher = frames  # type: ignore[assignment]
-    try:
-        while worker.run_one_job():
-            pass
-    finally:
-        worker.close()
-    build.refresh_from_db()
-    return build
 
 
 def pushed(repo: Repo, project: Any, live_url: str, tmp_path: Path, host: str) -> str:
@@ -194,22 +179,7 @@ def test_a_pull_request_builds_and_pushes_nothing(
     head = repo.commit(
         {"api/main.txt": "changed\n"}, "a change", branch="feature", ref="refs/pull/7/head"
     )
-    payload = json.loads((CORPUS / "pull_request-opened.json").read_text())
-    payload["number"] = payload["pull_request"]["number"] = 7
-    payload["pull_request"]["head"].update(sha=head, ref="feature")
-    payload["pull_request"]["base"].update(sha=base, ref="main")
-    payload["pull_request"]["head"]["repo_id"] = payload["pull_request"]["base"]["repo_id"]
-    body = json.dumps(payload).encode()
-    answer = live_server_post(
-        live_server.url,
-        body,
-        {
-            "X-Gitea-Event": "pull_request",
-            "X-Gitea-Delivery": "pr-7",
-            "X-Gitea-Signature": gitea.sign(body, services.webhook_secret(project)),
-        },
-    )
-    assert answer == 201
+    assert open_pull_request(live_server.url, project, base, head, fork=False) == 201
     build = run_all(Build.objects.get())
 
     log = log_of(build)

@@ -16,9 +16,8 @@ from django.test import override_settings
 
 from builds import services
 from builds.models import CELL_POSITIONS, Build, Job, Project, Status, Step
-from runners.worker import Worker
 from tests.git_server import GitServer, git_server
-from tests.queue_helpers import log_lines, make_project, submit, wait_for
+from tests.queue_helpers import log_lines, make_project, run_all, submit, wait_for
 from tests.test_runner_client import finished, register, start_runner
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,18 +42,6 @@ steps:
 
 def lines_of(job: Job, name: str) -> list[str]:
     return [text for _, text in log_lines(Step.objects.get(job=job, name=name))]
-
-
-def run_all(build: Build) -> Build:
-    """Every queued job of the build, by one in-process worker, one after another."""
-    worker = Worker(name="w1")
-    try:
-        while worker.run_one_job():
-            pass
-    finally:
-        worker.close()
-    build.refresh_from_db()
-    return build
 
 
 @override_settings(GOCI_HOST_STEPS="allow")

@@ -178,21 +178,7 @@ def test_a_pull_request_from_a_fork_runs_its_head_without_any_secret(
     head = repo.commit(
         {"hello.txt": "from the fork\n"}, "fork's change", branch="feature", ref="refs/pull/7/head"
     )
-    payload = json.loads((CORPUS / "pull_request-opened.json").read_text())
-    payload["number"] = payload["pull_request"]["number"] = 7
-    payload["pull_request"]["head"].update(sha=head, ref="feature", repo_id=999)
-    payload["pull_request"]["base"].update(sha=base, ref="main")
-    body = json.dumps(payload).encode()
-    answer = live_server_post(
-        live_server.url,
-        body,
-        {
-            "X-Gitea-Event": "pull_request",
-            "X-Gitea-Delivery": "fork-pr-1",
-            "X-Gitea-Signature": gitea.sign(body, services.webhook_secret(project)),
-        },
-    )
-    assert answer == 201
+    assert open_pull_request(live_server.url, project, base, head, fork=True) == 201
     build = Build.objects.get()
     assert (build.fork, build.pr_number, build.commit) == (True, 7, head)
 
@@ -209,6 +195,23 @@ def test_a_pull_request_from_a_fork_runs_its_head_without_any_secret(
     assert _statuses(forge, head) == []  # the pending was never sent: the end came first
     StatusSender().send_due()
     assert [s["state"] for s in _statuses(forge, head)] == ["success"]
+
+
+def open_pull_request(url: str, project: Any, base: str, head: str, *, fork: bool) -> int:
+    """Gitea's delivery of pull request 7 (branch feature into main), from a fork or
+    not, signed and posted to Goci at `url`; the answer's status."""
+    payload = json.loads((CORPUS / "pull_request-opened.json").read_text())
+    payload["number"] = payload["pull_request"]["number"] = 7
+    pull = payload["pull_request"]
+    pull["head"].update(sha=head, ref="feature", repo_id=999 if fork else pull["base"]["repo_id"])
+    pull["base"].update(sha=base, ref="main")
+    body = json.dumps(payload).encode()
+    headers = {
+        "X-Gitea-Event": "pull_request",
+        "X-Gitea-Delivery": f"pr-7-{head}",
+        "X-Gitea-Signature": gitea.sign(body, services.webhook_secret(project)),
+    }
+    return live_server_post(url, body, headers)
 
 
 def live_server_post(url: str, body: bytes, headers: dict[str, str]) -> int:

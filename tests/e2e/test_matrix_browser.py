@@ -85,3 +85,58 @@ def test_each_cells_lines_arrive_live_in_its_own_column(
     assert tops[0] < tops[1]
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     screenshot(page, "matrix-page-phone")
+
+
+IMAGES = """\
+matrix:
+  SERVICE: [api, bot]
+steps:
+  - name: sources
+    image: goci-test/busybox:latest
+    run: |
+      mkdir -p "$SERVICE"
+      echo "the $SERVICE service" > "$SERVICE/main.txt"
+      echo 'FROM goci-test/busybox:latest' > "$SERVICE/Dockerfile"
+      echo 'COPY main.txt /srv/main.txt' >> "$SERVICE/Dockerfile"
+      echo 'RUN sleep 1' >> "$SERVICE/Dockerfile"
+  - name: image
+    build:
+      context: ${SERVICE}
+      tags: ["goci-e2e/${SERVICE}:latest"]
+"""
+
+
+def test_a_matrix_of_image_builds_shows_each_image_id_live(
+    admin_page: Any,  # noqa: F811
+    server: Server,
+    docker_client: Any,
+) -> None:
+    page = admin_page
+    make_project(server, "images-page")
+    build_id = submit(server, "images-page", IMAGES)
+    page.goto(f"/builds/{build_id}/")
+    page.evaluate("window.notReloaded = true")
+    try:
+        wait_until(page, "document.querySelector('#build').dataset.status === 'success'", 60000)
+        for service in SERVICES:
+            built = f"{step(service, 'image')} [data-step-built]"
+            wait_until(page, f"!document.querySelector({json.dumps(built)}).hidden", 10000)
+            image_id = docker_client.images.get(f"goci-e2e/{service}:latest").id
+            assert page.text_content(f"{built} code") == image_id
+            # The build's own output is the step's log.
+            wait_until(
+                page,
+                f"window.gociLog.lastLine('SERVICE={service} / image') >= 5",
+                10000,
+            )
+        wait_until(
+            page,
+            "[...document.querySelectorAll('[data-job-status]')]"
+            ".every(b => b.textContent === 'success')",
+            10000,
+        )
+        assert page.evaluate("window.notReloaded") is True
+        screenshot(page, "image-builds")
+    finally:
+        for service in SERVICES:
+            docker_client.images.remove(f"goci-e2e/{service}:latest", force=True)
