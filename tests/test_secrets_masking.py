@@ -66,3 +66,18 @@ def test_a_held_piece_comes_out_when_its_stream_ends() -> None:
     assert mask.lines("step", 7, [piece]) == (7, [])
     assert mask.release("step") == (7, [piece])
     assert mask.release("step") is None
+
+
+def test_each_value_of_a_secret_that_holds_json_is_masked_alone_too() -> None:
+    # A registry secret: the password alone gives it away (base64 of it too).
+    secret = '{"username": "deployer", "password": "hunter2-registry", "n": 12}'
+    mask = Masker([secret])
+
+    assert mask.text(f"login {secret}") == f"login {MASK}"
+    assert mask.text("password was hunter2-registry") == f"password was {MASK}"
+    encoded = base64.b64encode(b"hunter2-registry").decode()
+    assert mask.text(f"basic {encoded}") == f"basic {MASK}"
+    assert mask.text("user deployer") == f"user {MASK}"
+    # Not JSON, or a list: the value alone, as before.
+    assert Masker(['{"broken": "hunter2-registry"']).text("hunter2-registry") == "hunter2-registry"
+    assert Masker(['["hunter2-registry"]']).text("hunter2-registry") == "hunter2-registry"
