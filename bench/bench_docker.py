@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runners.executors.docker import DockerUnavailable, connect  # noqa: E402
+from runners.docker_engine import DockerUnavailable, connect  # noqa: E402
 
 IMAGE = "goci-test/busybox:latest"
 STEPS = 20

@@ -330,11 +330,12 @@ def read_pipeline(file: str) -> Pipeline:
 
 
 def docker_executor(workspace: Path) -> Executor:
-    from runners.executors import docker as docker_exec  # noqa: PLC0415  (docker-py is slow to import)
+    from runners.docker_engine import DockerUnavailable  # noqa: PLC0415  (docker-py is slow to import)
+    from runners.executors import docker as docker_exec  # noqa: PLC0415
 
     try:
         return docker_exec.from_environment(workspace)
-    except (ValueError, docker_exec.DockerUnavailable) as exc:
+    except (ValueError, DockerUnavailable) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -520,11 +521,12 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_docker_prune(args: argparse.Namespace) -> int:
+    from runners.docker_engine import DockerUnavailable, connect  # noqa: PLC0415
     from runners.executors import docker as docker_exec  # noqa: PLC0415
 
     try:
-        client = docker_exec.connect()
-    except docker_exec.DockerUnavailable as exc:
+        client = connect()
+    except DockerUnavailable as exc:
         raise UsageError(str(exc)) from None
     try:
         removed = docker_exec.prune(client, everything=args.all)

@@ -25,7 +25,7 @@ _docker: dict[str, Any] = {}
 def _connect() -> Any:
     """The Docker client, or the reason there is none (memoised for the session)."""
     if "client" not in _docker:
-        from runners.executors.docker import DockerUnavailable, connect
+        from runners.docker_engine import DockerUnavailable, connect
 
         try:
             client = connect()

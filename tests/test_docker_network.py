@@ -9,7 +9,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from runners.executors.docker import NETWORK, NETWORK_OPTIONS, ensure_network
+from runners.docker_engine import NETWORK, NETWORK_OPTIONS, ensure_network
 from tests.test_docker import run_in_docker
 
 pytestmark = pytest.mark.docker

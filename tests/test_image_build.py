@@ -6,9 +6,9 @@ or the tag; nothing leaves the workspace; credentials show nowhere."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -352,26 +352,41 @@ def test_registry_secret_forms() -> None:
             registry_auth(bad)
 
 
-def test_the_child_never_sees_this_machines_docker_credentials(
-    tmp_path: Path, images: list[str], monkeypatch: pytest.MonkeyPatch
+def test_a_dockerfile_never_gets_this_machines_docker_credentials(
+    tmp_path: Path, reg: Registry, images: list[str], docker_client: Any
 ) -> None:
     """docker-py sends every credential of ~/.docker/config.json with a build: the
-    child's DOCKER_CONFIG is empty, so a Dockerfile cannot use the server's."""
+    build's child reads none, so a Dockerfile cannot pull with the server's own. With
+    the step's registry secret, the same FROM works."""
+    base = f"{reg.host}/private/base:1"
+    images.append(base)
+    docker_client.images.get(TEST_IMAGE).tag(base)
+    auth = {"username": reg.user, "password": reg.password}
+    for event in docker_client.api.push(base, stream=True, decode=True, auth_config=auth):
+        assert "error" not in event, event
+    docker_client.images.remove(base)
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
+    token = base64.b64encode(f"{reg.user}:{reg.password}".encode()).decode()
     (home / ".docker" / "config.json").write_text(
-        json.dumps({"auths": {"127.0.0.1:9": {"auth": "c2VydmVyOnNlY3JldA=="}}})
+        json.dumps({"auths": {reg.host: {"auth": token}}})
     )
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
-    workspace = tmp_path / "ws"
-    (workspace / "app").mkdir(parents=True)
-    # FROM a private image on a registry that is not there: with the server's
-    # credentials the engine would try them; the child has none to send.
-    (workspace / "app" / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nRUN env\n")
-    rec = run("steps:\n  - name: image\n    build: app\n", workspace)
-    assert rec.status("image") == "success"
-    assert os.environ["DOCKER_CONFIG"] == str(home / ".docker")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text(f"FROM {base}\nRUN true\n")
+    tag = f"{reg.host}/private/app:1"
+    images.append(tag)
+    build = f"{{context: app, tags: ['{tag}'], registry_secret: registry}}"
+    text = f"steps:\n  - name: image\n    build: {build}\n"
+    write_pipeline(tmp_path, text.replace(", registry_secret: registry", ""))
+    machine = {"HOME": str(home), "DOCKER_CONFIG": str(home / ".docker")}
+
+    done = goci("run", cwd=tmp_path, env=machine, timeout=120)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no basic auth credentials" in done.stdout or "unauthorized" in done.stdout
+    write_pipeline(tmp_path, text)
+    done = goci("run", "--secret", f"REGISTRY={reg.secret()}", cwd=tmp_path, env=machine)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_goci_run_builds_and_pushes_with_the_secret_given_and_masks_it(

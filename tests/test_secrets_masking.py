@@ -70,7 +70,7 @@ def test_a_held_piece_comes_out_when_its_stream_ends() -> None:
 
 def test_each_value_of_a_secret_that_holds_json_is_masked_alone_too() -> None:
     # A registry secret: the password alone gives it away (base64 of it too).
-    secret = '{"username": "deployer", "password": "hunter2-registry", "n": 12}'
+    secret = '{"username": "deployer", "password": "hunter2-registry", "n": 12}'  # noqa: S105
     mask = Masker([secret])
 
     assert mask.text(f"login {secret}") == f"login {MASK}"

@@ -39,6 +39,7 @@ import docker.errors
 from docker.types import LogConfig, Mount
 
 from builds.pipeline import Pipeline, Step
+from runners.docker_engine import NETWORK, connect, ensure_network, explain
 from runners.engine import StepOutcome, StepRun
 from runners.lines import format_size
 from runners.owner import owner_alive, owner_label
@@ -57,10 +58,6 @@ CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "
 LABEL_RUN = "goci.run"
 LABEL_STEP = "goci.step"
 LABEL_OWNER = "goci.owner"  # boot id, pid and start time of the goci process
-# The network every step runs on. Without inter-container communication a step
-# reaches the internet but not the containers of other builds, nor of its own.
-NETWORK = "goci-steps"
-NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
 
 # Frames of Docker's attach stream (no TTY): 1 byte stream, 3 zero, 4 bytes length.
 _HEADER = struct.Struct(">BxxxL")
@@ -72,10 +69,6 @@ _STDERR = 2
 # code anyway; without the line (killed, out of memory) Goci asks Docker.
 _WRAPPER = '"$@" 2>&1; code=$?; echo "goci-exit $code" >&2; exit $code'
 _EXIT_LINE = re.compile(rb"goci-exit (\d+)\n\Z")
-
-
-class DockerUnavailable(Exception):
-    """The engine cannot be reached: nothing may start."""
 
 
 @dataclass(frozen=True)
@@ -91,21 +84,6 @@ def parse_memory(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a memory size such as 2g or 512m")
     return int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
-
-
-def connect(base_url: str | None = None) -> docker.DockerClient:
-    """A client for the engine at DOCKER_HOST (or base_url), checked by asking it."""
-    url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    try:
-        # Without a fixed API version, creating the client asks the engine for its
-        # version: that is the check (a ping after it would only cost a round trip).
-        client = docker.DockerClient(base_url=url, timeout=30, version="auto")
-    except (docker.errors.DockerException, OSError) as exc:
-        raise DockerUnavailable(
-            f"cannot reach the Docker engine at {url}: is dockerd running and may this "
-            f"user use it? ({_explain(exc)})"
-        ) from None
-    return client
 
 
 def prune(client: docker.DockerClient, *, everything: bool = False) -> list[str]:
@@ -125,30 +103,6 @@ def prune(client: docker.DockerClient, *, everything: bool = False) -> list[str]
                 network.remove()
                 removed.append(f"network {network.name}")
     return removed
-
-
-def ensure_network(api: Any) -> None:
-    """Make Goci's step network unless it is there (made once per machine, kept).
-    Another run may be making it at the same moment: either one's is fine. One of that
-    name that lets containers reach each other is refused, not used."""
-
-    def found() -> dict[str, Any] | None:
-        return next((n for n in api.networks(names=[NETWORK]) if n["Name"] == NETWORK), None)
-
-    network = found()
-    if network is None:
-        with contextlib.suppress(docker.errors.APIError):  # 409: made by another run
-            api.create_network(
-                NETWORK, driver="bridge", options=NETWORK_OPTIONS, labels={"goci.network": "steps"}
-            )
-        network = found()
-    if network is None:
-        raise docker.errors.NotFound(f"the network {NETWORK} could not be created")
-    if not NETWORK_OPTIONS.items() <= (network.get("Options") or {}).items():
-        raise docker.errors.InvalidArgument(
-            f"the network {NETWORK} exists but lets containers reach each other; remove it "
-            f"(docker network rm {NETWORK}) and Goci makes it again"
-        )
 
 
 def from_environment(workspace: Path) -> DockerExecutor:
@@ -259,14 +213,14 @@ class DockerExecutor:
         try:
             container = self._made_early(step.name, config) or self._create(config)
         except docker.errors.APIError as exc:
-            return StepOutcome(error=f"could not create the container: {_explain(exc)}")
+            return StepOutcome(error=f"could not create the container: {explain(exc)}")
         try:
             error = self._network_error()
             if error is not None:
                 return StepOutcome(error=error)
             return self._follow(container, run)
         except docker.errors.APIError as exc:
-            return StepOutcome(error=f"the Docker engine failed: {_explain(exc)}")
+            return StepOutcome(error=f"the Docker engine failed: {explain(exc)}")
         finally:
             # The step's result is known: removal takes a while and nobody waits for it
             # but cleanup(), the next step starts now.
@@ -297,7 +251,7 @@ class DockerExecutor:
         try:
             self._network.result()
         except (docker.errors.DockerException, OSError) as exc:
-            return f"could not create the network {NETWORK}: {_explain(exc)}"
+            return f"could not create the network {NETWORK}: {explain(exc)}"
         return None
 
     def _create_early(self, config: dict[str, Any]) -> str | None:
@@ -473,7 +427,7 @@ class DockerExecutor:
                         say(f"[goci] {layer + ': ' if layer else ''}{status}\n".encode())
                 outcome.append(None)
             except (docker.errors.DockerException, OSError) as exc:
-                outcome.append(_explain(exc))
+                outcome.append(explain(exc))
 
         thread = threading.Thread(target=pull, name=f"pull:{image}", daemon=True)
         thread.start()
@@ -530,9 +484,3 @@ def _pending(sock: Any) -> bool:
     """TLS may hold decrypted bytes that select() cannot see."""
     pending = getattr(sock, "pending", None)
     return bool(pending and pending())
-
-
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
-    return str(exc) or exc.__class__.__name__

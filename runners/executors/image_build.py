@@ -5,45 +5,42 @@ socket: the worker (or runner) asks the engine to build the workspace's context,
 `docker build` does. RUN instructions run as in any `docker build`: in the engine's
 unprivileged build containers, on Goci's step network, with no host mounts.
 
-Each build runs in a child process (`python -m runners.executors.image_build`), which
-talks to the engine and writes the build's output to its stdout, the step's log:
+Each build runs in a child process (runners/image_child.py), forked from a
+forkserver that imported docker-py once, which talks to the engine and sends the
+build's output, the step's log, over a pipe:
 
 - a cancel or a timeout ends the child, and the engine stops a build or a push whose
   client went away; a thread blocked on the engine's stream could not be stopped;
-- the child starts with an empty DOCKER_CONFIG: docker-py would otherwise send every
-  credential of this machine's ~/.docker/config.json with each build. The step's own
-  credentials (its `registry_secret`) reach the child on its stdin, never in a file,
-  an argument or the environment, and only the tags' registries get them;
+- the child reads no Docker config (its HOME and DOCKER_CONFIG are an empty
+  directory): docker-py would otherwise send every credential of this machine's
+  ~/.docker/config.json with each build. The step's own credentials (its
+  `registry_secret`) reach the child over the pipe, never in a file, an argument or
+  the environment, and only the tags' registries get them;
 - the context's tar, the pull and push streams stay out of the worker's memory.
 
 What the child found (the image's ID, each pushed tag's digest, why it failed) comes
-back as one JSON object on a pipe of its own, never mixed into the log.
+back as the last message on that pipe, apart from the log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import multiprocessing
 import os
 import posixpath
-import re
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from builds.pipeline import ImageBuild, Pipeline, check_image_reference, expand_variables
 from runners.engine import StepOutcome, StepRun
 
-READ_SIZE = 64 * 1024
 KILL_GRACE = 5.0  # after TERM, the child has this long to hang up before KILL
 PUSH_SKIPPED = "push skipped: {reason}"
-_STEP_LINE = re.compile(r"^Step \d+/\d+ : ")
 
 
 class BuildProblem(Exception):
@@ -66,7 +63,7 @@ class ImageBuilder:
         self.push_refused = push_refused
         self.docker_host = docker_host or os.environ.get("DOCKER_HOST") or None
         self.kill_grace = kill_grace
-        self._children: set[subprocess.Popen[bytes]] = set()
+        self._children: set[Any] = set()  # multiprocessing's Process, running
         self._lock = threading.Lock()
 
     def prepare(self, pipeline: Pipeline) -> None:
@@ -174,77 +171,55 @@ class ImageBuilder:
     # -- the child
 
     def _run_child(self, request: dict[str, Any], run: StepRun) -> StepOutcome:
-        result_read, result_write = os.pipe()
-        with tempfile.TemporaryDirectory(prefix="goci-docker-config-") as config:
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "DOCKER_CONFIG": config,  # empty: no credential of this machine is sent
-                "PYTHONPATH": os.pathsep.join(sys.path),
-            }
-            try:
-                child = subprocess.Popen(
-                    [sys.executable, "-m", "runners.executors.image_build", str(result_write)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(result_write,),
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                os.close(result_read)
-                return StepOutcome(error=f"could not start the image build: {exc.strerror}")
-            finally:
-                os.close(result_write)
+        """The build in a process forked from the forkserver (image_child.py): its output
+        and then its result come over a pipe; a cancel or timeout ends it."""
+        context = _context()
+        reader, writer = context.Pipe(duplex=False)
+        child = context.Process(target=_child_main, args=(request, writer), daemon=True)
+        try:
+            child.start()
+        except OSError as exc:
+            return StepOutcome(error=f"could not start the image build: {exc.strerror}")
+        finally:
+            writer.close()
+        with self._lock:
+            self._children.add(child)
+        try:
+            return self._follow(child, reader, run)
+        finally:
+            reader.close()
             with self._lock:
-                self._children.add(child)
-            try:
-                return self._follow(child, request, run, result_read)
-            finally:
-                with self._lock:
-                    self._children.discard(child)
+                self._children.discard(child)
 
-    def _follow(
-        self, child: subprocess.Popen[bytes], request: dict[str, Any], run: StepRun, result: int
-    ) -> StepOutcome:
-        assert child.stdin is not None
-        assert child.stdout is not None
-        with contextlib.suppress(BrokenPipeError):
-            child.stdin.write(json.dumps(request).encode())
-        with contextlib.suppress(BrokenPipeError):
-            child.stdin.close()
-        answer: list[bytes] = []
-        reader = threading.Thread(target=_read_all, args=(result, answer), daemon=True)
-        reader.start()
-        pump = threading.Thread(target=_pump, args=(child.stdout, run.output), daemon=True)
-        pump.start()
+    def _follow(self, child: Any, reader: Any, run: StepRun) -> StepOutcome:
         deadline = None if run.timeout is None else time.monotonic() + run.timeout
         timed_out = canceled = False
-        while child.poll() is None:
-            if run.cancel.wait(0.1):
-                canceled = True
-            elif deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-            if canceled or timed_out:
-                child.terminate()
+        found: dict[str, Any] = {}
+        while True:
+            if reader.poll(0.1):
                 try:
-                    child.wait(self.kill_grace)
-                except subprocess.TimeoutExpired:
+                    kind, value = reader.recv()
+                except EOFError:  # the child is gone
+                    break
+                if kind == "out":
+                    run.output(value)
+                else:
+                    found = value
+                continue
+            canceled = run.cancel.is_set()
+            timed_out = not canceled and deadline is not None and time.monotonic() >= deadline
+            if canceled or timed_out:
+                child.terminate()  # TERM: it hangs up on the engine, which stops
+                child.join(self.kill_grace)
+                if child.exitcode is None:
                     child.kill()
                 break
-        child.wait()
-        pump.join()
-        reader.join()
-        child.stdout.close()
+        child.join()
         if canceled or timed_out:
             return StepOutcome(exit_code=None, canceled=canceled, timed_out=timed_out)
-        try:
-            found = json.loads(b"".join(answer) or b"{}")
-        except ValueError:
-            found = {}
-        if not found or not (found.get("image_id") or found.get("error") or found.get("failure")):
+        if not (found.get("image_id") or found.get("error") or found.get("failure")):
             return StepOutcome(
-                error=f"the image build ended without a result (exit {child.returncode})"
+                error=f"the image build ended without a result (exit {child.exitcode})"
             )
         return StepOutcome(
             exit_code=0 if found.get("failure") is None and found.get("error") is None else 1,
@@ -255,14 +230,20 @@ class ImageBuilder:
         )
 
 
-def _pump(stream: IO[bytes], output: Callable[[bytes], None]) -> None:
-    while data := stream.read1(READ_SIZE):  # type: ignore[attr-defined]
-        output(data)
+@functools.cache
+def _context() -> Any:
+    """One forkserver per process, with docker-py imported once: each build forks from
+    it in milliseconds instead of starting an interpreter and importing docker-py
+    (~0.3 s), and stays a process of its own (a cancel ends it; its memory goes)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["runners.image_child"])
+    return context
 
 
-def _read_all(fd: int, into: list[bytes]) -> None:
-    with os.fdopen(fd, "rb") as pipe:
-        into.append(pipe.read())
+def _child_main(request: dict[str, Any], conn: Any) -> None:
+    from runners import image_child  # noqa: PLC0415  (preloaded in the forkserver)
+
+    image_child.run(request, conn)
 
 
 def registry_auth(value: str) -> dict[str, str]:
@@ -292,190 +273,3 @@ def registry_auth(value: str) -> dict[str, str]:
     if not text:
         raise BuildProblem("the registry secret is empty")
     return {"registrytoken": text}
-
-
-def registry_of(reference: str) -> str:
-    """The registry host of an image reference (Docker Hub's for one without a host)."""
-    first, sep, _ = reference.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
-# ---------------------------------------------------------------------------
-# The child: `python -m runners.executors.image_build RESULT_FD`, request on stdin.
-
-
-class _Failed(Exception):
-    """The build or push failed: the step's failure."""
-
-
-def _child(result_fd: int) -> int:
-    request = json.load(sys.stdin)
-    out = sys.stdout
-    result: dict[str, Any] = {"image_id": "", "digests": {}}
-
-    def hang_up(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # closes the engine's stream: it stops the build
-
-    signal.signal(signal.SIGTERM, hang_up)
-    try:
-        import docker  # noqa: PLC0415
-        import docker.errors  # noqa: PLC0415
-
-        from runners.executors.docker import DockerUnavailable, connect  # noqa: PLC0415
-
-        try:
-            client = connect(request["docker_host"])
-        except DockerUnavailable as exc:
-            result["error"] = str(exc)
-            return 1
-        try:
-            _build_and_push(client, request, result, out)
-        except _Failed as exc:
-            result["failure"] = str(exc)
-        except docker.errors.DockerException as exc:
-            result["error"] = f"the Docker engine failed: {_message(exc)}"
-        except Exception as exc:  # noqa: BLE001  (the engine went away mid-stream)
-            result["error"] = f"the image build failed: {type(exc).__name__}: {exc}"
-        finally:
-            client.close()
-        return 0
-    finally:
-        out.flush()
-        with os.fdopen(result_fd, "w") as pipe:
-            json.dump(result, pipe)
-
-
-def _build_and_push(
-    client: Any, request: dict[str, Any], result: dict[str, Any], out: IO[str]
-) -> None:
-    from docker import errors  # noqa: PLC0415
-
-    from runners.executors.docker import NETWORK, ensure_network  # noqa: PLC0415
-
-    api = client.api
-    tags: list[str] = request["tags"]
-    registries = {registry_of(tag) for tag in tags}
-    credentials: dict[str, str] | None = request["credentials"]
-
-    def say(text: str) -> None:
-        out.write(text + "\n")
-        out.flush()
-
-    def auth_for(reference: str) -> dict[str, str]:
-        """Credentials go to the registries of the tags only, never to another one."""
-        if credentials is None or registry_of(reference) not in registries:
-            return {}
-        return credentials
-
-    if credentials is not None and "username" in credentials:
-        for registry in sorted(registries):
-            try:
-                api.login(
-                    credentials["username"], credentials["password"], registry=registry, reauth=True
-                )
-            except errors.APIError as exc:
-                # The engine's words (never the password): "unauthorized: ...".
-                raise _Failed(
-                    f"the registry {registry} refused the credentials of the registry secret "
-                    f"({_message(exc)})"
-                ) from None
-            say(f"logged in to {registry}")
-    for reference in request["cache_from"]:
-        say(f"cache_from: pulling {reference}")
-        try:
-            for event in api.pull(
-                reference, stream=True, decode=True, auth_config=auth_for(reference)
-            ):
-                if "error" in event:
-                    raise errors.APIError(event["error"])
-        except errors.APIError as exc:
-            why = _message(exc)
-            say(f"cache_from: {reference} could not be pulled ({why}): building without it")
-    ensure_network(api)  # the build's RUN containers run on Goci's step network
-    step = ""
-    image_id = ""
-    stream = api.build(
-        path=request["context"],
-        dockerfile=request["dockerfile"],
-        buildargs=request["build_args"] or None,
-        cache_from=request["cache_from"] or None,
-        network_mode=NETWORK,
-        rm=True,
-        forcerm=True,
-        decode=True,
-    )
-    for event in stream:
-        if "stream" in event:
-            text = event["stream"]
-            for line in text.splitlines():
-                if _STEP_LINE.match(line):
-                    step = line
-            out.write(text)
-            out.flush()
-        elif "status" in event:
-            _status(event, out)
-        elif "aux" in event and isinstance(event["aux"], dict):
-            image_id = event["aux"].get("ID") or image_id
-        elif "error" in event:
-            at = f" at {step}" if step else ""
-            raise _Failed(f"the build failed{at}: {event['error'].strip()}")
-    if not image_id:
-        raise _Failed("the build ended without an image")
-    result["image_id"] = image_id
-    say(f"built {image_id}")
-    for tag in tags:
-        repository, _, name = _split(tag)
-        api.tag(image_id, repository, name or "latest")
-        say(f"tagged {tag}")
-    if not request["push"]:
-        return
-    for tag in tags:
-        repository, _, name = _split(tag)
-        digest = ""
-        say(f"pushing {tag}")
-        for event in api.push(
-            repository, tag=name or "latest", stream=True, decode=True, auth_config=auth_for(tag)
-        ):
-            if "error" in event:
-                raise _Failed(f"pushing {tag} failed: {event['error'].strip()}")
-            if isinstance(event.get("aux"), dict) and event["aux"].get("Digest"):
-                digest = event["aux"]["Digest"]
-            elif "status" in event:
-                _status(event, out)
-        if not digest:
-            raise _Failed(f"pushing {tag} failed: the registry gave no digest")
-        result["digests"][tag] = digest
-        say(f"pushed {tag}: {digest}")
-
-
-_PROGRESS = ("Downloading", "Extracting", "Pushing", "Waiting", "Preparing", "Verifying Checksum")
-
-
-def _status(event: Mapping[str, Any], out: IO[str]) -> None:
-    """A pull's or push's progress: the end of each layer, not every percent."""
-    status = str(event.get("status", ""))
-    if status.startswith(_PROGRESS):
-        return
-    layer = event.get("id")
-    out.write(f"{layer}: {status}\n" if layer else f"{status}\n")
-    out.flush()
-
-
-def _split(reference: str) -> tuple[str, str, str]:
-    """`host:5000/a/b:tag` -> ("host:5000/a/b", ":", "tag"); no tag -> ("...", "", "")."""
-    slash = reference.rfind("/")
-    colon = reference.rfind(":")
-    if colon > slash:
-        return reference[:colon], ":", reference[colon + 1 :]
-    return reference, "", ""
-
-
-def _message(exc: BaseException) -> str:
-    explanation = getattr(exc, "explanation", None)
-    return str(explanation or exc).strip()
-
-
-if __name__ == "__main__":
-    sys.exit(_child(int(sys.argv[1])))
