@@ -18,6 +18,8 @@ Public API (other modules depend on these names):
   picks)`` (`goci run --matrix NAME=VALUE`).
 - ``Step.build``: an ``ImageBuild`` for a `build:` step; ``check_build_path`` and
   ``check_image_reference`` check its fields again once `${NAME}` is expanded.
+- ``Step.ssh``: an ``SshScript`` for an `ssh:` step, its secrets' values set by
+  ``with_secret_values``.
 """
 
 from __future__ import annotations
@@ -163,6 +165,25 @@ class ImageBuild:
 
 
 @dataclass(frozen=True)
+class SshScript:
+    """`ssh:` of a step: a script run on another machine over SSH by the worker or runner.
+
+    Every field is as written in the file: no `${NAME}` is replaced in any of them,
+    and a matrix's cells share them (for_cell keeps them)."""
+
+    host: str  # a host name or an IP address (v4, or v6 without brackets)
+    user: str
+    script: str  # run there by `sh -e`, fed on its stdin
+    key_secret: str  # the NAME of a secret (upper-cased like from_secret names): a private key
+    known_hosts_secret: str  # the NAME of a secret: known_hosts lines pinning the host's key
+    port: int = 22
+    connect_timeout: int = 15  # seconds (a duration in the file: `connect_timeout: 10s`)
+    # Set by with_secret_values() just before the step runs; never stored.
+    key: str | None = field(default=None, repr=False, compare=False)
+    known_hosts: str | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of a pipeline, validated, with the pipeline's image and env applied."""
 
@@ -185,6 +206,9 @@ class Step:
     # `build:` - the step builds this image and runs no container of its own: its
     # `run` is "" and its `image` None (the pipeline's image does not apply).
     build: ImageBuild | None = None
+    # `ssh:` - the step runs this script on another machine, and no container or shell
+    # here: its `run` is "" and its `image` None, as for `build:`.
+    ssh: SshScript | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +265,9 @@ MAX_TAGS = 20  # tags of one image build
 MAX_CACHE_FROM = 20  # images in one build's `cache_from`
 MAX_BUILD_ARGS = 100
 MAX_REFERENCE = 255  # characters of an image reference, Docker's own limit
+MAX_HOST = 253  # characters of an `ssh:` host, DNS's own limit for a name
+MAX_SSH_USER = 64  # characters of an `ssh:` user
+MAX_CONNECT_TIMEOUT = 600  # seconds of an `ssh:` connect_timeout
 
 RESERVED_KEYS = (
     "services",
@@ -290,6 +317,11 @@ _BUILD_PATH = r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\\]+$"
 _NOT_PRINTABLE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufeff\ufffe\uffff]"
 )
+
+# An `ssh:` host that is a name (its dots, dashes and length are checked apart), and one
+# that can only be meant as an IPv4 address; left to re's cache like the image parts.
+_HOST_NAME = r"[A-Za-z0-9.-]+"
+_IPV4_LIKE = r"[0-9.]+"
 
 _Schema = dict[str, object]
 
@@ -386,14 +418,19 @@ _STEP_KEYS: dict[str, tuple[str, _Schema]] = {
         {**_TEXT, "minLength": 1, "maxLength": MAX_NAME, "pattern": r"^[^\r\n]*$"},
     ),
     "run": (
-        "Shell script run with `sh -e` (or `shell`); may span lines. A step has either "
-        "`run` or `build`.",
+        "Shell script run with `sh -e` (or `shell`); may span lines. A step has one of "
+        "`run`, `build` and `ssh`.",
         _TEXT,
     ),
     "build": (
         "Build an image from the workspace (instead of `run`): the context directory, or "
         "{context, dockerfile, tags, build_args, push, registry_secret, cache_from}.",
         {"anyOf": [{"$ref": "#/definitions/build_path"}, {"$ref": "#/definitions/build"}]},
+    ),
+    "ssh": (
+        "Run a script on another machine over SSH (instead of `run`): {host, port, user, "
+        "key_secret, known_hosts_secret, script, connect_timeout}.",
+        {"$ref": "#/definitions/ssh"},
     ),
     "shell": (
         "Interpreter of `run`, one word such as sh or bash; default sh.",
@@ -436,6 +473,7 @@ _STEP_KEYS: dict[str, tuple[str, _Schema]] = {
     ),
 }
 _IMAGE_NAME: _Schema = {"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE}
+_SECRET_NAME: _Schema = {"type": "string", "pattern": _ENV_NAME}
 _BUILD_KEYS: dict[str, tuple[str, _Schema]] = {
     "context": (
         "Directory sent to the Docker engine as the build context, relative to the "
@@ -474,7 +512,7 @@ _BUILD_KEYS: dict[str, tuple[str, _Schema]] = {
     "registry_secret": (
         "Name of the secret holding the registry's credentials: JSON "
         '{"username": ..., "password": ...} or a token.',
-        {"type": "string", "pattern": _ENV_NAME},
+        _SECRET_NAME,
     ),
     "cache_from": (
         "Images whose layers the build may reuse, pulled first: one or a list of at "
@@ -491,6 +529,60 @@ _BUILD_KEYS: dict[str, tuple[str, _Schema]] = {
             ]
         },
     ),
+}
+_SSH_KEYS: dict[str, tuple[str, _Schema]] = {
+    "host": (
+        "Required. The machine that runs the script: a host name, an IPv4 address or an "
+        "IPv6 address (without brackets).",
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_HOST,
+            "pattern": r"^(?!-)[A-Za-z0-9.:-]+$",
+        },
+    ),
+    "port": (
+        "The SSH port of the host; default 22.",
+        {"type": "integer", "minimum": 1, "maximum": 65535},
+    ),
+    "user": (
+        "Required. The user to log in as there.",
+        {**_TEXT, "minLength": 1, "maxLength": MAX_SSH_USER, "pattern": r"^(?!-)\S+$"},
+    ),
+    "key_secret": (
+        "Required. Name of the secret holding the private key to log in with.",
+        _SECRET_NAME,
+    ),
+    "known_hosts_secret": (
+        "Required. Name of the secret holding the host's key as known_hosts lines "
+        "(ssh-keyscan -p PORT HOST); an unknown or changed host key fails the step.",
+        _SECRET_NAME,
+    ),
+    "script": (
+        "Required. The commands run on the host with `sh -e`; may span lines. It gets none "
+        "of the step's environment.",
+        {**_TEXT, "minLength": 1},
+    ),
+    "connect_timeout": (
+        "Time limit of the connection (not of the script): 10s, 1m; at most 10m, default 15s.",
+        _DURATION_SCHEMA,
+    ),
+}
+# What a step does: exactly one of these keys.
+_STEP_KINDS = ("run", "build", "ssh")
+_DOES = {
+    "run": "runs a script (`run`)",
+    "build": "builds an image (`build`)",
+    "ssh": "runs a script on another machine (`ssh`)",
+}
+# The keys an `ssh:` must have, with what each is for.
+_SSH_REQUIRED = {
+    "host": "the host name or IP address of the machine that runs the script",
+    "user": "the user to log in as on the host",
+    "key_secret": "the secret holding the private key to log in with",
+    "known_hosts_secret": "the secret holding the host's key, as known_hosts lines "
+    "(ssh-keyscan HOST); Goci never trusts a host it does not know",
+    "script": "the commands to run on the host",
 }
 _WHEN_KEYS: dict[str, tuple[str, _Schema]] = {
     "branch": ("Branch name or glob pattern (release/*), or a list of them.", _NAMES),
@@ -563,6 +655,7 @@ _PIPELINE_HINTS = {
 _RUNS_ON_HINT = "labels apply to the whole pipeline: write `runs_on:` at its top"
 _RUN_HINT = "Goci calls this 'run', one script with a command per line"
 _TAGS_HINT = "the names of the image this step builds: write `tags` under `build:`"
+_SSH_KEY_HINT = "a key of `ssh:`, the script a step runs on another machine: write it under `ssh:`"
 _STEP_HINTS = {
     "depends_on": "Goci calls this 'needs'",
     "commands": _RUN_HINT,
@@ -592,6 +685,9 @@ _STEP_HINTS = {
         ("context", "dockerfile", "build_args", "push", "registry_secret", "cache_from"),
         "a key of `build:`, the image a step builds: write it under `build:`",
     ),
+    # Not `user`, `port` or `script`, which mean other things on a step without `ssh:`
+    # (on one with it, read_step points every key of `ssh` there).
+    **dict.fromkeys(("host", "key_secret", "known_hosts_secret", "connect_timeout"), _SSH_KEY_HINT),
 }
 _CREDENTIALS_HINT = "put the credentials in a secret and name it in `registry_secret`"
 _BUILD_HINTS = {
@@ -609,6 +705,16 @@ _BUILD_HINTS = {
     "takes the job; choose it with `runs_on`",
     "platforms": "not supported: the image is built for the platform of the runner that "
     "takes the job; choose it with `runs_on`",
+}
+_KEY_HINT = "put the private key in a secret and name it in `key_secret`"
+_KNOWN_HOSTS_HINT = "put the known_hosts lines in a secret and name it in `known_hosts_secret`"
+_SSH_HINTS = {
+    **dict.fromkeys(("hostname", "server", "address"), "Goci calls this 'host'"),
+    **dict.fromkeys(("username", "login"), "Goci calls this 'user'"),
+    **dict.fromkeys(("key", "private_key", "password", "identity_file"), _KEY_HINT),
+    **dict.fromkeys(("known_hosts", "fingerprint", "host_key"), _KNOWN_HOSTS_HINT),
+    **dict.fromkeys(("command", "commands", "run"), "Goci calls this 'script'"),
+    "timeout": "the step's `timeout:` limits the whole step; `connect_timeout:` the connection",
 }
 _WHEN_HINTS = {
     "paths": "Goci calls this 'path'",
@@ -687,7 +793,8 @@ def secrets_wanted(
     judge: bool = False,
 ) -> list[tuple[str, str]]:
     """(step, secret name) for every secret a step asks for (in its env, then its
-    build's `registry_secret`), in step order. With
+    build's `registry_secret` or its ssh's `key_secret` and `known_hosts_secret`), in
+    step order. With
     `judge`, only of the steps whose `when` (and the pipeline's) can hold for this
     branch, event and changed files: a deploy step kept for pushes does not need its
     secrets in a pull request's build, which skips it."""
@@ -709,15 +816,18 @@ def _secrets_of(step: Step) -> list[str]:
     names = list(step.secret_env.values())
     if step.build is not None and step.build.registry_secret is not None:
         names.append(step.build.registry_secret)
+    if step.ssh is not None:
+        names += [step.ssh.key_secret, step.ssh.known_hosts_secret]
     return names
 
 
 def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
-    """The pipeline with each step's secrets in its env, and a build step's registry
-    credentials in `build.credentials`: only those it asks for. Made just before it runs
-    (worker, `goci run`) and never stored. `values`: by secret name; a secret without a
-    value (a step that will be skipped, a fork's build) leaves its variable unset, and
-    the credentials None."""
+    """The pipeline with each step's secrets in its env, a build step's registry
+    credentials in `build.credentials`, and an ssh step's private key and known_hosts
+    lines in `ssh.key` and `ssh.known_hosts`: only those it asks for. Made just before
+    it runs (worker, `goci run`) and never stored. `values`: by secret name; a secret
+    without a value (a step that will be skipped, a fork's build) leaves its variable
+    unset, and the credentials, key or known_hosts None."""
 
     def with_values(step: Step) -> Step:
         if step.secret_env:
@@ -726,6 +836,13 @@ def with_secret_values(pipeline: Pipeline, values: Mapping[str, str]) -> Pipelin
         if step.build is not None and step.build.registry_secret is not None:
             credentials = values.get(step.build.registry_secret)
             step = replace(step, build=replace(step.build, credentials=credentials))
+        if step.ssh is not None:
+            ssh = replace(
+                step.ssh,
+                key=values.get(step.ssh.key_secret),
+                known_hosts=values.get(step.ssh.known_hosts_secret),
+            )
+            step = replace(step, ssh=ssh)
         return step
 
     return replace(pipeline, steps=tuple(map(with_values, pipeline.steps)))
@@ -772,8 +889,10 @@ def for_cell(pipeline: Pipeline, values: Mapping[str, str]) -> Pipeline:
     a variable of the same name written in the file (plain or from a secret), as in
     Woodpecker. In a build step's paths, tags, build args and cache_from, `${NAME}` is
     replaced too, but `$${NAME}` stays as written: these are expanded again at run time,
-    which undoes the escape. The result has no matrix. The substitution is on the parsed
-    strings, so a value cannot change the document's structure; load() checked every cell."""
+    which undoes the escape. An ssh step's `ssh:` is kept as written (its env and `when`
+    are substituted as any step's). The result has no matrix. The substitution is on
+    the parsed strings, so a value cannot change the document's structure; load()
+    checked every cell."""
     cell = dict(values)
     if cell not in pipeline.matrix:
         raise ValueError(f"{cell_name(cell)!r} is not a cell of the pipeline's matrix")
@@ -1078,7 +1197,7 @@ def json_schema() -> dict[str, object]:
             "step": {
                 "type": "object",
                 "additionalProperties": False,
-                "oneOf": [{"required": ["run"]}, {"required": ["build"]}],
+                "oneOf": [{"required": [key]} for key in _STEP_KINDS],
                 "properties": properties(_STEP_KEYS),
             },
             "build": {
@@ -1086,6 +1205,12 @@ def json_schema() -> dict[str, object]:
                 "additionalProperties": False,
                 "minProperties": 1,
                 "properties": properties(_BUILD_KEYS),
+            },
+            "ssh": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": list(_SSH_REQUIRED),
+                "properties": properties(_SSH_KEYS),
             },
             "build_path": {
                 **_TEXT,
@@ -1498,6 +1623,112 @@ def _parse_workdir(text: str) -> str:
         elif part not in ("", "."):
             depth += 1
     return text
+
+
+def _parse_ssh_host(text: str) -> str:
+    """An `ssh:` host: a host name, an IPv4 address, or an IPv6 address without brackets."""
+    shown = repr(text if len(text) <= 80 else text[:77] + "...")
+    if not text.strip():
+        raise ValueError("`host` is empty: write the host name or IP address of the machine")
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"a host has no spaces or control characters, found {shown}")
+    if len(text) > MAX_HOST:
+        raise ValueError(f"a host may be at most {MAX_HOST} characters, this one has {len(text)}")
+    user, at, host = text.rpartition("@")
+    if at:
+        raise ValueError(
+            f"write the user in `user:` and the host alone: `user: {user}`, `host: {host}`"
+        )
+    if text.startswith("["):
+        address, _, port = text[1:].partition("]")
+        if port.startswith(":"):
+            raise ValueError(
+                f"write the port in `port:` and the address without brackets: "
+                f"`host: {address}`, `port: {port[1:]}`"
+            )
+        raise ValueError(f"write an IPv6 address without brackets: `host: {address}`")
+    import ipaddress  # noqa: PLC0415  (only an `ssh:` step needs it)
+
+    if ":" in text:
+        name, _, port = text.rpartition(":")
+        if ":" not in name and port.isascii() and port.isdigit():
+            raise ValueError(f"write the port in `port:`: `host: {name}`, `port: {port}`")
+        try:
+            # A zone (fe80::1%eth0) names an interface of one machine: no host of a pipeline.
+            valid = ipaddress.IPv6Address(text).scope_id is None
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(
+                f"invalid IPv6 address {shown}: write one such as 2001:db8::5, without brackets"
+            )
+        return text
+    if not re.fullmatch(_HOST_NAME, text):
+        raise ValueError(
+            f"invalid host {shown}: write a host name (letters, digits, '-' and '.') "
+            "or an IP address"
+        )
+    if re.fullmatch(_IPV4_LIKE, text):
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            raise ValueError(
+                f"invalid IPv4 address {shown}: write four numbers from 0 to 255, "
+                "such as 203.0.113.5"
+            ) from None
+        return text
+    for label in text.split("."):
+        if not label:
+            raise ValueError(f"invalid host name {shown}: a part between dots is empty")
+        if len(label) > 63:
+            raise ValueError(
+                f"invalid host name {shown}: a part between dots may be at most 63 characters"
+            )
+        if label.startswith("-") or label.endswith("-"):
+            raise ValueError(
+                f"invalid host name {shown}: a part between dots cannot start or end with '-'"
+            )
+    return text
+
+
+def _parse_port(text: str) -> int:
+    shown = repr(text) if len(text) <= 40 else f"a value of {len(text)} characters"
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"expected a port number from 1 to 65535, found {shown}")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5 or not 1 <= int(digits) <= 65535:
+        raise ValueError(f"a port is a number from 1 to 65535, found {shown}")
+    return int(digits)
+
+
+def _parse_ssh_user(text: str) -> str:
+    shown = repr(text if len(text) <= 80 else text[:77] + "...")
+    if not text.strip():
+        raise ValueError("`user` is empty: write the user to log in as on the host")
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"a user has no spaces or control characters, found {shown}")
+    if len(text) > MAX_SSH_USER:
+        raise ValueError(
+            f"a user may be at most {MAX_SSH_USER} characters, this one has {len(text)}"
+        )
+    if text.startswith("-"):
+        raise ValueError(f"a user cannot start with '-', found {shown}")
+    return text
+
+
+def _parse_script(text: str) -> str:
+    if not text.strip():
+        raise ValueError("`script` is empty: write the commands to run on the host")
+    if "\0" in text:
+        raise ValueError("`script` has a NUL character (\\0): remove it")
+    return text
+
+
+def _parse_connect_timeout(text: str) -> int:
+    seconds = parse_duration(text)
+    if seconds > MAX_CONNECT_TIMEOUT:
+        raise ValueError(f"connect_timeout may be at most 10m, found {text!r}")
+    return seconds
 
 
 def _default_dockerfile(context: str) -> str:
@@ -2564,6 +2795,70 @@ class _Checker:
             cache_from=cache_from or (),
         )
 
+    # -- `ssh:`
+
+    def ssh(self, node: Node, path: str) -> SshScript | None:
+        """`ssh: {host: ..., user: ..., ...}`, every field as written (no `${NAME}` is
+        replaced); None if anything is wrong (reported)."""
+        where = f"{path}.ssh"
+        keys = "`host`, `user`, `key_secret`, `known_hosts_secret` and `script`"
+        mapping = self.mapping(node, where, f"a mapping with {keys}")
+        if mapping is None:
+            return None
+        if not mapping:
+            self.add(node, where, f"`ssh` is empty: write {keys}")
+            return None
+        before = len(self.problems)
+        fallback = "ssh takes only " + ", ".join(_SSH_KEYS)
+        self.check_keys(mapping, where, _SSH_KEYS, _SSH_HINTS, reserved=False, fallback=fallback)
+        for key, what in _SSH_REQUIRED.items():
+            if key not in mapping:
+                self.add(node, where, f"missing key {key!r}: {what}")
+        host = self.scalar(mapping, "host", where, _parse_ssh_host, "a host name or IP address")
+        port = self.scalar(mapping, "port", where, _parse_port, "a port number from 1 to 65535")
+        user = self.scalar(mapping, "user", where, _parse_ssh_user, "a user name")
+        script = self.scalar(
+            mapping,
+            "script",
+            where,
+            _parse_script,
+            "the script, one string (write `script: |` and a command per line)",
+        )
+        connect_timeout = self.scalar(
+            mapping, "connect_timeout", where, _parse_connect_timeout, "a duration"
+        )
+        secrets = {
+            key: self.secret_name(mapping[key][1], f"{where}.{key}")
+            for key in ("key_secret", "known_hosts_secret")
+            if key in mapping
+        }
+        key_secret = secrets.get("key_secret")
+        known_hosts_secret = secrets.get("known_hosts_secret")
+        if key_secret is not None and key_secret == known_hosts_secret:
+            message = (
+                f"`known_hosts_secret` names {key_secret}, the secret of `key_secret`: the "
+                "host's key and the private key to log in with are two secrets"
+            )
+            self.add(mapping["known_hosts_secret"][1], f"{where}.known_hosts_secret", message)
+        if (
+            len(self.problems) > before
+            or host is None
+            or user is None
+            or script is None
+            or key_secret is None
+            or known_hosts_secret is None
+        ):
+            return None
+        return SshScript(
+            host=host,
+            user=user,
+            script=script,
+            key_secret=key_secret,
+            known_hosts_secret=known_hosts_secret,
+            port=22 if port is None else port,
+            connect_timeout=15 if connect_timeout is None else connect_timeout,
+        )
+
     def build_path(self, node: Node, path: str, key: str) -> str | None:
         """`context` or `dockerfile`, normalised; its check waits for each cell of the
         matrix when it uses the matrix's variables."""
@@ -2809,33 +3104,32 @@ class _Checker:
         if pairs is None:
             return draft
         before = len(self.problems)
-        builds = "build" in pairs
-        hints = (_STEP_HINTS | {"tags": _TAGS_HINT}) if builds else _STEP_HINTS
+        builds, sshes = "build" in pairs, "ssh" in pairs
+        hints = _STEP_HINTS | ({"tags": _TAGS_HINT} if builds else {})
+        hints |= dict.fromkeys(_SSH_KEYS, _SSH_KEY_HINT) if sshes else {}
         self.check_keys(pairs, path, _STEP_KEYS, hints)
         if "name" in pairs:
             draft.name_node, draft.name_path = pairs["name"][1], f"{path}.name"
             draft.name = self.scalar(pairs, "name", path, _parse_name)
-        if builds and "run" in pairs:
-            message = (
-                "a step either runs a script (`run`) or builds an image (`build`), "
-                "not both: make them two steps"
-            )
-            self.add(pairs["build"][0], path, message)
-        elif not builds and "run" not in pairs:
-            message = (
-                "missing key 'run': the commands this step runs (or `build:`, an image to build)"
-            )
-            self.add(node, path, message)
+        self.step_kind(node, pairs, path)
         run = self.scalar(pairs, "run", path, _parse_run)
         if run is not None and self.matrix_node is not None:
             self.github_matrix(pairs["run"][1], f"{path}.run", run, script=True)
-        shell = own_image = workdir = build = None
-        if builds:
+        shell = own_image = workdir = build = ssh = None
+        if builds or sshes:
+            runs_none = (
+                "a build step runs no container of its own"
+                if builds
+                else "an ssh step runs its script on the host it names, in no container "
+                "or shell here"
+            )
             for key in ("image", "shell", "workdir"):
                 if key in pairs:
-                    message = f"a build step runs no container of its own: remove `{key}`"
-                    self.add(pairs[key][0], f"{path}.{key}", message)
-            build = self.build(pairs["build"][1], path)
+                    self.add(pairs[key][0], f"{path}.{key}", f"{runs_none}: remove `{key}`")
+            if builds:
+                build = self.build(pairs["build"][1], path)
+            if sshes:
+                ssh = self.ssh(pairs["ssh"][1], path)
         else:
             shell = self.scalar(pairs, "shell", path, _parse_shell)
             own_image = self.image(pairs, path)
@@ -2851,7 +3145,7 @@ class _Checker:
         if (
             len(self.problems) == before
             and draft.name is not None
-            and (run is not None or build is not None)
+            and (run is not None or build is not None or ssh is not None)
         ):
             needs = None
             if draft.needs is not None:
@@ -2861,7 +3155,7 @@ class _Checker:
                 run=run or "",
                 index=index,
                 shell=shell or "sh",
-                image=None if build is not None else own_image or image,
+                image=None if build is not None or ssh is not None else own_image or image,
                 parallel=draft.parallel,
                 needs=needs,
                 # A step's own variable, plain or secret, replaces the pipeline's.
@@ -2873,8 +3167,31 @@ class _Checker:
                 allow_failure=bool(allow_failure),
                 when=when,
                 build=build,
+                ssh=ssh,
             )
         return draft
+
+    def step_kind(self, node: Node, pairs: dict[str, tuple[Node, Node]], path: str) -> None:
+        """Report a step that has none, or more than one, of `run`, `build` and `ssh`."""
+        kinds = [key for key in _STEP_KINDS if key in pairs]
+        if not kinds:
+            message = (
+                "missing key 'run': the commands this step runs (or `build:`, an image to "
+                "build, or `ssh:`, a script to run on another machine)"
+            )
+            self.add(node, path, message)
+        elif len(kinds) == 2:
+            first, second = kinds
+            message = (
+                f"a step either {_DOES[first]} or {_DOES[second]}, not both: make them two steps"
+            )
+            self.add(pairs[second][0], path, message)
+        elif len(kinds) == 3:
+            message = (
+                f"a step either {_DOES['run']}, {_DOES['build']} or {_DOES['ssh']}, "
+                "not all three: make them three steps"
+            )
+            self.add(pairs["ssh"][0], path, message)
 
     def check_graph(self, drafts: list[_Draft]) -> None:
         first: dict[str, _Draft] = {}

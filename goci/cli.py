@@ -382,8 +382,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         commit = git_output(workspace, "rev-parse", "-q", "--verify", "HEAD")
         if commit:
             env = {"GOCI_COMMIT": commit, "GOCI_COMMIT_SHA": commit, **env}
+    ssh = None
+    if any(step.ssh for _, run in runs for step in run.steps):
+        from runners.executors.ssh import SshExecutor  # noqa: PLC0415
+
+        ssh = SshExecutor()
     executor = ByImage(
-        LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None, images
+        LocalExecutor(workspace), docker_executor(workspace) if needs_docker else None, images, ssh
     )
     # The branch only matters to `when`; asking git costs a process, so only then.
     branch = args.branch

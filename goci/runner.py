@@ -59,6 +59,7 @@ from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
 from runners.executors.image_build import ImageBuilder
 from runners.executors.local import LocalExecutor
+from runners.executors.ssh import SshExecutor
 from runners.lines import DEFAULT_LOG_CAP, FLUSH_SECONDS, Masker, PendingLines, StepLog
 
 log = logging.getLogger(__name__)
@@ -761,14 +762,16 @@ class Runner:
             return
         if secrets:
             pipeline = with_secret_values(pipeline, secrets)
-        hostless = [s.name for s in pipeline.steps if s.image is None and s.build is None]
+        hostless = [s.name for s in pipeline.steps if not (s.image or s.build or s.ssh)]
         if hostless and self.config.host_steps != "allow":
             if not self.config.default_image:
                 why = f"{NO_HOST_STEPS} (steps without image: {', '.join(hostless)})"
                 self._refuse(job, why, hostless, names)
                 return
             steps = tuple(
-                s if s.image or s.build else dataclasses.replace(s, image=self.config.default_image)
+                s
+                if s.image or s.build or s.ssh
+                else dataclasses.replace(s, image=self.config.default_image)
                 for s in pipeline.steps
             )
             pipeline = dataclasses.replace(pipeline, steps=steps)
@@ -947,7 +950,8 @@ class Runner:
         if self.config.host_steps == "allow":
             home = workspaces.home_of(workspace)
             local = LocalExecutor(workspace, env=workspaces.host_env(home), supervise=True)
-        return ByImage(local, containers, ImageBuilder(workspace, push_refused=refused))
+        images = ImageBuilder(workspace, push_refused=refused)
+        return ByImage(local, containers, images, SshExecutor())
 
     def _finish(self, job: Job, status: str, error: str = "") -> None:
         if job.gone.is_set():

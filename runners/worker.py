@@ -64,6 +64,7 @@ from runners.engine import Status as Outcome
 from runners.executors import NO_HOST_STEPS, ByImage, prune_containers
 from runners.executors.image_build import ImageBuilder
 from runners.executors.local import LocalExecutor
+from runners.executors.ssh import SshExecutor
 from runners.lines import StepLog
 from runners.models import Runner
 from runners.queue import (
@@ -358,7 +359,7 @@ class Worker:
             return
         if values:
             pipeline = with_secret_values(pipeline, values)
-        hostless = [s.name for s in pipeline.steps if s.image is None and s.build is None]
+        hostless = [s.name for s in pipeline.steps if not (s.image or s.build or s.ssh)]
         if hostless and settings.GOCI_HOST_STEPS != "allow":
             if not settings.GOCI_DEFAULT_IMAGE:
                 self._refuse(job, steps, pipeline, hostless)
@@ -651,7 +652,7 @@ class Worker:
         if settings.GOCI_HOST_STEPS == "allow":
             local = LocalExecutor(workspace, env=host_env(home_of(workspace)), supervise=True)
         images = ImageBuilder(workspace, push_refused=refused)
-        return ByImage(local, containers, images)
+        return ByImage(local, containers, images, SshExecutor())
 
     def _heartbeat(self) -> None:
         """For every running job: look for a cancel every CHECK_EVERY (one query for
@@ -789,7 +790,7 @@ def job_secrets(build: Build, pipeline: Pipeline) -> dict[str, str]:
 def with_default_image(pipeline: Pipeline, image: str) -> Pipeline:
     """The pipeline with `image` for every step that has none (GOCI_DEFAULT_IMAGE)."""
     steps = tuple(
-        step if step.image or step.build else dataclasses.replace(step, image=image)
+        step if step.image or step.build or step.ssh else dataclasses.replace(step, image=image)
         for step in pipeline.steps
     )
     return dataclasses.replace(pipeline, steps=steps)

@@ -365,7 +365,8 @@ def test_an_invalid_pipeline_is_422_with_what_goci_validate_prints(
             "line": 2,
             "column": 5,
             "message": (
-                "missing key 'run': the commands this step runs (or `build:`, an image to build)"
+                "missing key 'run': the commands this step runs (or `build:`, an image to build, "
+                "or `ssh:`, a script to run on another machine)"
             ),
         },
         {

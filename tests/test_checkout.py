@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import socket
-import subprocess
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +24,6 @@ from builds import services
 from builds.models import Build, Job, LogChunk, Project, Status, Step
 from builds.secrets import CLONE_SSH_KEY, CLONE_TOKEN, secret_set
 from runners.worker import Worker
-from tests.conftest import need
 from tests.git_server import GitServer, Listener, Repo, git, git_server
 from tests.queue_helpers import log_lines, make_project, run_one
 
@@ -560,58 +556,12 @@ def test_a_build_canceled_while_it_checks_out_ends_canceled(
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Debian's sshd on 127.0.0.1 with a configuration of its own, letting in the key
-    it returns (as this user: the test runs git over it)."""
-    binary = Path("/usr/sbin/sshd")
-    if not binary.exists():
-        need("/usr/sbin/sshd (Debian's openssh-server) for the ssh clone test")
-    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
-        need("ssh and ssh-keygen (Debian's openssh-client) for the ssh clone test")
-    if os.geteuid() != 0:
-        need("root, to start sshd (it must own its privilege separation)")
-    here = tmp_path / "sshd"
-    here.mkdir(mode=0o700)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(here / "host")], check=True
-    )
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "goci", "-f", str(here / "user")],
-        check=True,
-    )
-    shutil.copy(here / "user.pub", here / "authorized_keys")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (here / "config").write_text(
-        textwrap.dedent(
-            f"""\
-            ListenAddress 127.0.0.1:{port}
-            HostKey {here / "host"}
-            AuthorizedKeysFile {here / "authorized_keys"}
-            PidFile {here / "pid"}
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PermitRootLogin prohibit-password
-            StrictModes no
-            UsePAM no
-            """
-        )
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation directory
-    with (here / "log").open("wb") as log:  # the child keeps its own copy
-        process = subprocess.Popen(
-            [str(binary), "-D", "-e", "-f", str(here / "config")], stderr=log
-        )
-    try:
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield {"port": port, "key": (here / "user").read_text(), "log": here / "log"}
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    """Debian's sshd on 127.0.0.1 (tests/sshd.py), letting in the key it returns (as
+    this user: the test runs git over it)."""
+    from tests.sshd import sshd as start
+
+    with start(tmp_path) as server:
+        yield {"port": server.port, "key": server.key, "log": server.log}
 
 
 def test_an_ssh_clone_uses_the_deploy_key_which_never_lands_in_the_workspace(

@@ -234,6 +234,7 @@ def test_every_key_is_read() -> None:
         "allow_failure": True,
         "when": {"branch": ("main", "release/*"), "event": ("push",), "path": None},
         "build": None,
+        "ssh": None,
     }
     assert check.image == "golang:1.22"  # the pipeline's image is every step's default
     assert check.env == {"A": "pipeline", "B": "pipeline"}
@@ -674,7 +675,8 @@ def test_a_step_must_be_a_mapping_with_run() -> None:
         ((2, 5, "steps[0]"), "expected a step (a mapping with `run:`), found 'make'"),
         (
             (3, 5, "steps[1]"),
-            "missing key 'run': the commands this step runs (or `build:`, an image to build)",
+            "missing key 'run': the commands this step runs (or `build:`, an image to build, "
+            "or `ssh:`, a script to run on another machine)",
         ),
         ((4, 10, "steps[2].run"), "`run` is empty: write the commands this step runs"),
         ((5, 9, "steps[3].run"), "`run` is empty: write the commands this step runs"),
@@ -1041,7 +1043,7 @@ def test_several_problems_are_reported_at_once_in_file_order() -> None:
         "p.yml:8:15: steps[1].parallel: expected true or false, found 'yes'",
         "p.yml:9:13: steps[1].needs[0]: unknown step 'Biuld' in needs (did you mean 'Build'?)",
         "p.yml:10:5: steps[2]: missing key 'run': the commands this step runs "
-        "(or `build:`, an image to build)",
+        "(or `build:`, an image to build, or `ssh:`, a script to run on another machine)",
         "p.yml:11:5: steps[2]: unknown key 'commands' "
         "(Goci calls this 'run', one script with a command per line)",
         "p.yml:12:11: steps[2].env.GOCI_TOKEN: 'GOCI_TOKEN' is set by Goci; choose another name",
@@ -1088,7 +1090,11 @@ def test_json_schema_keys_are_the_keys_the_validator_knows() -> None:
             assert value["description"], key
     assert step["additionalProperties"] is False
     assert when["additionalProperties"] is False
-    assert step["oneOf"] == [{"required": ["run"]}, {"required": ["build"]}]
+    assert step["oneOf"] == [
+        {"required": ["run"]},
+        {"required": ["build"]},
+        {"required": ["ssh"]},
+    ]
 
 
 def test_every_key_in_the_schema_is_accepted_by_the_validator() -> None:
@@ -1108,8 +1114,9 @@ def test_every_key_in_the_schema_is_accepted_by_the_validator() -> None:
         "allow_failure": "false",
         "when": "{event: push}",
     }
-    # `build` replaces `run`, `shell`, `image` and `workdir`: tests/test_pipeline_build.py.
-    assert set(valid) | {"build"} == set(step_keys)
+    # `build` and `ssh` replace `run`, `shell`, `image` and `workdir`:
+    # tests/test_pipeline_build.py and tests/test_pipeline_ssh.py.
+    assert set(valid) | {"build", "ssh"} == set(step_keys)
     source = "steps:\n  - " + "\n    ".join(f"{k}: {v}" for k, v in valid.items()) + "\n"
     assert load(source).steps[0].name == "x"
     for key in ("name", "image", "env", "timeout"):

@@ -37,31 +37,37 @@ def prune_containers() -> subprocess.Popen[bytes] | None:
 class ByImage:
     """Steps with an image run in containers, the others in the host shell
     (PIPELINE.md: no image -> the host shell), unless there is none (local=None);
-    `build:` steps go to the image builder (image_build.py)."""
+    `build:` steps go to the image builder (image_build.py), `ssh:` steps to ssh.py."""
 
     def __init__(
         self,
         local: Executor | None,
         containers: Executor | None,
         images: Executor | None = None,
+        ssh: Executor | None = None,
     ) -> None:
         self.local = local
         self.containers = containers
         self.images = images
+        self.ssh = ssh
 
     def prepare(self, pipeline: Pipeline) -> None:
-        for executor in (self.local, self.containers, self.images):
+        for executor in (self.local, self.containers, self.images, self.ssh):
             if executor is not None:
                 executor.prepare(pipeline)
 
     def ready_soon(self, step: Step, env: Mapping[str, str]) -> None:
-        if step.build is not None:
+        if step.build is not None or step.ssh is not None:
             return
         executor = self.containers if step.image is not None else self.local
         if isinstance(executor, GetsReady):
             executor.ready_soon(step, env)
 
     def run_step(self, run: StepRun) -> StepOutcome:
+        if run.step.ssh is not None:
+            if self.ssh is None:
+                return StepOutcome(error="this step runs over SSH, and no SSH client is set up")
+            return self.ssh.run_step(run)
         if run.step.build is not None:
             if self.images is None:
                 return StepOutcome(error="this step builds an image, and no builder is set up")
@@ -76,8 +82,9 @@ class ByImage:
 
     def cleanup(self) -> None:
         try:
-            if self.images is not None:
-                self.images.cleanup()
+            for executor in (self.ssh, self.images):
+                if executor is not None:
+                    executor.cleanup()
         finally:
             try:
                 if self.containers is not None:
