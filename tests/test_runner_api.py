@@ -331,6 +331,12 @@ HOSTILE = [
     ("/jobs/{job}/{attempt}/report", {"steps": {S: {"error": "a\u0000"}}}, 422),
     ("/jobs/{job}/{attempt}/report", {"steps": {S: {"started_at": "soon"}}}, 422),
     ("/jobs/{job}/{attempt}/report", {"unknown": 1}, 422),
+    ("/jobs/{job}/{attempt}/report", {"steps": {S: {"image_id": "sha256:\u0000"}}}, 422),
+    ("/jobs/{job}/{attempt}/report", '{"steps": {"-7777": {"image_id": "\\ud800"}}}', 422),
+    ("/jobs/{job}/{attempt}/report", {"steps": {S: {"digests": {"a\u0000": "x"}}}}, 422),
+    ("/jobs/{job}/{attempt}/report", {"steps": {S: {"digests": {"t": 10**400}}}}, 422),
+    ("/jobs/{job}/{attempt}/report", {"steps": {S: {"digests": ["x"]}}}, 422),
+    ("/jobs/{job}/{attempt}/report", {"steps": {S: {"image_id": "x" * 10_000_000}}}, 413),
     ("/jobs/{job}/{attempt}/plan", {"pipeline": "steps: [", "filename": ".goci.yml"}, 422),
     ("/jobs/{job}/{attempt}/plan", {"pipeline": "a\u0000", "filename": ".goci.yml"}, 422),
     ("/jobs/{job}/{attempt}/plan", '{"pipeline": "\\ud800", "filename": "f"}', 422),
@@ -356,7 +362,9 @@ def test_hostile_input_is_a_json_4xx_and_changes_nothing(path: str, body: Any, s
     step = job["steps"][0]["id"]
     path = path.format(job=job["job_id"], attempt=job["attempt"])
     if body is not None and not isinstance(body, str):
-        body = json.dumps(body).replace(str(S), str(step))
+        body = json.dumps(body)
+    if body is not None:
+        body = body.replace(str(S), str(step))
     before = (list(Runner.objects.values_list("name")), LogChunk.objects.count())
 
     response = call("post", path, token if not path.startswith("/register") else None, body)
