@@ -229,10 +229,16 @@ class Client:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def once(
-        self, path: str, body: object = None, timeout: float = HTTP_TIMEOUT
+        self,
+        path: str,
+        body: object = None,
+        timeout: float = HTTP_TIMEOUT,
+        *,
+        unless: threading.Event | None = None,
     ) -> tuple[int, Any]:
         """One POST: (status, JSON answer or None). OSError and HTTPException on a lost
-        connection, or no answer within `timeout` seconds."""
+        connection, or no answer within `timeout` seconds; OSError at once if `unless`
+        is set (a long poll as the runner stops)."""
         if isinstance(body, bytes):
             data = body
         else:
@@ -245,9 +251,16 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         conn = self._connection()
         conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
         try:
+            if unless is not None and conn.sock is None:
+                # Connected before the look below: a stop() after it finds the socket
+                # to shut (abort), one before it is seen. Else a stop() while this
+                # connected would leave the poll to wait for the server's answer.
+                conn.connect()
+            if unless is not None and unless.is_set():
+                raise OSError("the call was not made: the runner is stopping")
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
             conn.request("POST", self.base + path, body=data, headers=headers)
             response = conn.getresponse()
             raw = response.read()
@@ -621,7 +634,9 @@ class Runner:
                     self._slot_free.clear()
                     continue
                 try:
-                    status, payload = self.client.once(f"/next?wait={POLL_WAIT}")
+                    status, payload = self.client.once(
+                        f"/next?wait={POLL_WAIT}", unless=self.stopping
+                    )
                 except (OSError, http.client.HTTPException) as exc:
                     status, payload = 0, {"detail": str(exc)}
                 if self.stopping.is_set():

@@ -262,3 +262,26 @@ def test_sigterm_lets_the_running_job_finish_then_exits(tmp_path: Path, live_ser
     build.refresh_from_db()
     assert build.status == Status.SUCCESS
     assert log_lines(step(build, "short")) == [(1, "started"), (2, "end")]
+
+
+def test_a_long_poll_asked_as_the_runner_stops_is_not_made() -> None:
+    """stop() may come while the poll connects, before abort() has a socket to shut:
+    the poll then sees the flag instead of waiting for the server's answer (up to 30 s;
+    a runner SIGTERM'd right after it started once took that long to exit)."""
+    import socket
+    import threading
+    import time
+
+    from goci.runner import Client
+
+    with socket.socket() as server:  # accepts, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = Client(f"http://127.0.0.1:{server.getsockname()[1]}", "goci_runner_x")
+        stopping = threading.Event()
+        stopping.set()
+        started = time.monotonic()
+        with pytest.raises(OSError, match="the runner is stopping"):
+            client.once("/next?wait=30", unless=stopping)
+        assert time.monotonic() - started < 1
+        client.close()
