@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -744,7 +745,9 @@ def cmd_runner_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        worker.stop()
+        # On another thread: this handler runs on the main thread, which may hold a
+        # lock that stop() takes (an Event it waits on, the client's connections).
+        threading.Thread(target=worker.stop, name="goci-stop").start()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)

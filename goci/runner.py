@@ -609,7 +609,8 @@ class Runner:
         self._beat_stop = threading.Event()
 
     def stop(self) -> None:
-        """Take no more jobs (signal-safe: sets flags and shuts the poll's socket)."""
+        """Take no more jobs: sets flags and shuts the poll's socket (call it from a
+        thread, not a signal handler: the main thread may hold what it takes)."""
         self.stopping.set()
         self._slot_free.set()
         self.client.abort()

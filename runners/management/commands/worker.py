@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -56,9 +57,15 @@ class Command(BaseCommand):
             self.stdout.write("ran one job" if found else "no job was queued")
             return
 
-        def stop(signum: int, frame: FrameType | None) -> None:
+        def stopping(signum: int) -> None:
             self.stdout.write(f"worker {worker.name}: stopping (signal {signum})")
             worker.stop()
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            # On another thread: this handler runs on the main thread, which may be
+            # inside an Event.wait() holding that event's lock; stop()'s Event.set()
+            # would wait for it forever (four workers of a CI run hung so).
+            threading.Thread(target=stopping, args=(signum,), name="goci-stop").start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
