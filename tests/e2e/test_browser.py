@@ -66,6 +66,18 @@ def shown_lines(page: Any, step: str) -> list[str]:
     )
 
 
+def wait_for_lines(page: Any, step: str, count: int, timeout: float = 10000) -> None:
+    """Wait until a step shows `count` lines with their text. The line count can come
+    first (the page's data-line-count, or a live message) and the text after it, when
+    the page of lines it asked the server for arrives."""
+    wait_until(
+        page,
+        f"document.querySelectorAll('section.step[data-step=\"{step}\"] .log .line .text')"
+        f".length === {count}",
+        timeout=timeout,
+    )
+
+
 @pytest.fixture
 def admin_page(page: Any, server: Server) -> Any:
     sign_in(page, ADMIN, server.admin_password)
@@ -117,6 +129,7 @@ def test_a_forced_disconnect_resumes_with_every_line_exactly_once(
     page.evaluate("window.gociLog.forceDisconnect()")
     wait_until(page, "document.querySelector('#build').dataset.status === 'success'", timeout=30000)
     wait_until(page, "window.gociLog.lastLine('talk') === 40", timeout=10000)
+    wait_for_lines(page, "talk", 40)
     assert shown_lines(page, "talk") == [f"n{i}" for i in range(1, 41)]
 
 
@@ -138,6 +151,7 @@ def test_log_lines_never_become_elements(admin_page: Any, server: Server) -> Non
     page.goto(f"/builds/{build}/")
     wait_until(page, "document.querySelector('#build').dataset.status === 'success'", timeout=20000)
     wait_until(page, "window.gociLog.lastLine('evil') === 4", timeout=10000)
+    wait_for_lines(page, "evil", 4)
     log = page.locator('section.step[data-step="evil"] .log')
     assert log.locator("script, img").count() == 0
     assert page.evaluate("window.pwned") is None

@@ -65,6 +65,10 @@ def test_each_cells_lines_arrive_live_in_its_own_column(
     wait_until(page, "document.querySelector('#build').dataset.status === 'success'", 30000)
     for service in SERVICES:
         wait_until(page, f"window.gociLog.lastLine('SERVICE={service} / push') === 1", 10000)
+        # The count can come before the text (a page of lines fetched from the server).
+        for name, count in (("image", 6), ("push", 1)):
+            lines = json.dumps(f"{step(service, name)} .log .line .text")
+            wait_until(page, f"document.querySelectorAll({lines}).length === {count}", 10000)
         assert shown(page, service, "image") == [f"{service} image {n}" for n in range(1, 7)]
         assert shown(page, service, "push") == [f"{service} pushed"]
         assert page.get_attribute(step(service, "push"), "data-status") == "success"
