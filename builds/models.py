@@ -38,6 +38,8 @@ class Project(models.Model):
     repo_url = models.CharField(max_length=500, blank=True)
     default_branch = models.CharField(max_length=200, default="main")
     pipeline_path = models.CharField(max_length=200, default=".goci.yml")
+    # The pipeline a manual run or a schedule runs when the project has no repository.
+    pipeline = models.TextField(blank=True)
     # The secret that signs webhook deliveries, encrypted like a Secret (builds/secrets.py)
     # since maintainers are shown it; "" accepts no delivery.
     webhook_secret = models.TextField(blank=True)
@@ -84,6 +86,7 @@ class Build(models.Model):
         TAG = "tag"
         CRON = "cron"
         RERUN = "rerun"
+        ROLLBACK = "rollback"  # an earlier deployment run again (builds/deployments.py)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="builds")
     number = models.PositiveIntegerField()
@@ -97,6 +100,8 @@ class Build(models.Model):
     )
     pipeline = models.TextField(help_text="The YAML snapshot this build runs.")
     env = models.JSONField(default=dict, blank=True)
+    # The values of the pipeline's `inputs:`, checked against them (GOCI_INPUT_<NAME>).
+    inputs = models.JSONField(default=dict, blank=True)
     # NULL, not "": the unique constraint applies only to builds that carry a key.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
@@ -397,3 +402,175 @@ class CommitStatus(models.Model):
 
     def __str__(self) -> str:
         return f"{self.build} {self.state}"
+
+
+class Environment(models.Model):
+    """Where a step with `environment:` deploys (builds/deployments.py). Made by the
+    first deployment to it, or by a maintainer who protects it first."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environments")
+    name = models.CharField(max_length=100)
+    url = models.CharField(max_length=2000, blank=True)  # the last deployment's
+    # Only maintainers may deploy to it...
+    protected = models.BooleanField(default=False)
+    # ...and, with this, another maintainer must approve each deployment first.
+    approval = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="environment_name_per_project")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} {self.name}"
+
+
+class Deployment(models.Model):
+    """A build's deployment to an environment: its steps with `environment:` of that
+    name. At most one of an environment runs at a time (runners/queue.py)."""
+
+    class State(models.TextChoices):
+        WAITING = "waiting"  # for a maintainer's approval
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCESS = "success"
+        FAILURE = "failure"
+        ERROR = "error"
+        CANCELED = "canceled"
+        REJECTED = "rejected"  # by a maintainer, instead of approved
+        SKIPPED = "skipped"  # its steps did not run (`when:`, or a step before failed)
+
+    environment = models.ForeignKey(
+        Environment, on_delete=models.CASCADE, related_name="deployments"
+    )
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="deployments")
+    # The build's commit and ref (a rollback runs this commit again).
+    commit = models.CharField(max_length=64, blank=True)
+    ref = models.CharField(max_length=255, blank=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
+    url = models.CharField(max_length=2000, blank=True)
+    # Who approved (or rejected) it.
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rollback_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "build"], name="one_deployment_per_build"
+            )
+        ]
+        indexes = [models.Index(fields=["environment", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.build} to {self.environment.name}"
+
+
+class Schedule(models.Model):
+    """Builds on a cron expression (builds/schedules.py). `next_run_at` is the next due
+    time; the process that moves it on (a compare-and-swap) starts that run."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="schedules")
+    description = models.CharField(max_length=200, blank=True)
+    cron = models.CharField(max_length=200)
+    timezone = models.CharField(max_length=64, default="UTC")
+    ref = models.CharField(max_length=255, blank=True)  # "": the default branch
+    inputs = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_build = models.ForeignKey(
+        Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["enabled", "next_run_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} {self.cron}"
+
+
+class NotificationTarget(models.Model):
+    """Where a project sends build and deploy news (builds/notifications.py). Its
+    credentials (a Slack URL, a bot token and chat, an HMAC key) are encrypted in
+    `credentials`, like a Secret, and never shown again."""
+
+    class Kind(models.TextChoices):
+        WEBHOOK = "webhook"
+        SLACK = "slack"
+        TELEGRAM = "telegram"
+        EMAIL = "email"
+
+    class When(models.TextChoices):
+        ALWAYS = "always"  # every finished build
+        FAILURES = "failures"
+        CHANGES = "changes"  # failures, and the first success after one ("fixed")
+        NEVER = "never"  # builds never; deployments if asked
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="notification_targets"
+    )
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # A generic webhook's URL (not a credential: shown); email addresses, one per line.
+    url = models.CharField(max_length=2000, blank=True)
+    addresses = models.JSONField(default=list, blank=True)
+    credentials = models.TextField(blank=True)
+    when = models.CharField(max_length=20, choices=When.choices, default=When.CHANGES)
+    deployments = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"], name="notification_name_per_project"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} {self.name}"
+
+
+class Notification(models.Model):
+    """One message to one target (an outbox: written in the transaction that settles
+    the build or deployment, sent with retries by builds/notifications.py)."""
+
+    target = models.ForeignKey(
+        NotificationTarget, on_delete=models.CASCADE, related_name="notifications"
+    )
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="notifications")
+    event = models.CharField(max_length=20)  # build, fixed or deployment
+    payload = models.JSONField(default=dict)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    given_up = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["sent_at", "given_up", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.target} {self.build} {self.event}"
