@@ -49,7 +49,7 @@ from ninja.security import HttpBearer
 from pydantic import BeforeValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
-from builds import access, access_tokens, secrets, services
+from builds import access, access_tokens, deployments, secrets, services
 from builds.logs import log_pieces, step_key_filter, stream_text
 from builds.models import (
     TOKEN_SCOPES,
@@ -61,7 +61,8 @@ from builds.models import (
     Status,
     Step,
 )
-from builds.pipeline import MAX_BYTES, PipelineError
+from builds.pipeline import MAX_BYTES, InputsError, PipelineError
+from builds.refs import RefError
 from goci.audit import reading as audit_reading
 from goci.audit.models import AuditEvent
 from runners import services as runner_services
@@ -100,11 +101,13 @@ class JsonObjectParser(Parser):
 
 def scope_needed(method: str, path: str) -> str:
     """The token scope a call needs, for every route in one place: reading is `read`;
-    running builds (create, cancel, rerun) is `run`; any other change (projects,
-    members, secrets, tokens) is `admin`."""
+    running builds (create, cancel, rerun, run a ref with inputs, redeploy) is `run`;
+    any other change (projects, members, secrets, tokens, approvals) is `admin`."""
     if method in ("GET", "HEAD", "OPTIONS"):
         return "read"
     if path == "/api/builds" or path.startswith("/api/builds/"):
+        return "run"
+    if path.startswith("/api/projects/") and path.endswith(("/run", "/redeploy")):
         return "run"
     return "admin"
 
@@ -272,6 +275,9 @@ class ProjectOut(Schema):
     public: bool = Field(description="Its status badge needs no token.")
     created_at: datetime
     role: Role = Field(description="Your role on the project.")
+    pipeline: str = Field(
+        description="The pipeline that Run and schedules run when there is no repository."
+    )
 
 
 class ProjectPatch(Schema):
@@ -287,6 +293,12 @@ class ProjectPatch(Schema):
     pipeline_path: Text = Field("", min_length=1, max_length=200)
     auto_cancel: bool = True
     public: bool = False
+    pipeline: Text = Field(
+        "",
+        max_length=MAX_BYTES,
+        description="The stored pipeline (YAML) that Run and schedules run when the project "
+        "has no repository; checked like any pipeline.",
+    )
 
 
 class MemberIn(Schema):
@@ -893,6 +905,22 @@ def _invalid_pipeline(request: HttpRequest, exc: PipelineError) -> HttpResponse:
     return _error(422, detail, problems)
 
 
+@api.exception_handler(InputsError)
+def _invalid_inputs(request: HttpRequest, exc: InputsError) -> HttpResponse:
+    problems = [{"input": name, "path": f"inputs.{name}", "message": m} for name, m in exc.problems]
+    return _error(422, f"the inputs are invalid: {exc}", problems)
+
+
+@api.exception_handler(RefError)
+def _unreadable_ref(request: HttpRequest, exc: RefError) -> HttpResponse:
+    return _error(422, str(exc), [{"message": str(exc)}])
+
+
+@api.exception_handler(deployments.Refused)
+def _deployment_refused(request: HttpRequest, exc: deployments.Refused) -> HttpResponse:
+    return _error(exc.status, str(exc))
+
+
 @api.exception_handler(services.InvalidRequest)
 def _invalid_value(request: HttpRequest, exc: services.InvalidRequest) -> HttpResponse:
     return _error(422, str(exc), [{"message": str(exc)}])
@@ -1309,3 +1337,11 @@ def revoke_registration_token(request: HttpRequest, token_id: int) -> Reply[None
         raise _not_found(f"registration token {token_id}")
     runner_services.registration_token_revoke(token=token)
     return Reply(204, None)
+
+
+# Routes kept in modules of their own, registered on this same `api` (last: they use it).
+from builds import (  # noqa: E402, F401
+    deploy_api,
+    notification_api,
+    schedule_api,
+)

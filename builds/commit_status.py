@@ -30,7 +30,8 @@ import re
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import quote, urlsplit
 
@@ -110,6 +111,16 @@ class Repository:
     path: str  # owner/name (GitLab: group/subgroup/name), without .git
 
 
+# What a refusal's message suggests to change (a forge's; builds/notifications.py sends
+# its own through the same post()).
+FORGE_HINTS = {
+    401: "; check the project secret GOCI_FORGE_TOKEN",
+    403: "; check that GOCI_FORGE_TOKEN may set commit statuses",
+    404: "; check the repository URL, and that GOCI_FORGE_TOKEN may see the repository",
+}
+FORGE_REDIRECT_HINT = "check the project's repository URL"
+
+
 @dataclass(frozen=True)
 class StatusRequest:
     scheme: str
@@ -118,6 +129,9 @@ class StatusRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    hints: Mapping[int, str] = field(default_factory=lambda: FORGE_HINTS)
+    redirect_hint: str = FORGE_REDIRECT_HINT
+    peer: str = "the forge"  # who is at the other end, as a refusal names it
 
 
 def repository_of(repo_url: str) -> Repository:
@@ -246,7 +260,7 @@ def post(request: StatusRequest, allowed_hosts: list[str]) -> None:
     try:
         addresses = resolve_allowed(request.host, request.port, allowed_hosts)
     except CloneUrlRefused as exc:
-        raise Unsendable(f"the forge's address is refused: {exc}") from None
+        raise Unsendable(f"{request.peer}'s address is refused: {exc}") from None
     problems = []
     for address in addresses[:MAX_ADDRESSES]:
         try:
@@ -294,14 +308,9 @@ def _exchange(request: StatusRequest, sock: socket.socket) -> None:
     if 300 <= status < 400:
         where = response.getheader("Location") or "nowhere"
         raise Unsendable(
-            f"{said} (to {where[:200]}): redirects are not followed; check the project's "
-            "repository URL"
+            f"{said} (to {where[:200]}): redirects are not followed; {request.redirect_hint}"
         )
-    hint = {
-        401: "; check the project secret GOCI_FORGE_TOKEN",
-        403: "; check that GOCI_FORGE_TOKEN may set commit statuses",
-        404: "; check the repository URL, and that GOCI_FORGE_TOKEN may see the repository",
-    }.get(status, "")
+    hint = request.hints.get(status, "")
     text = answer.decode("utf-8", "replace").replace("\n", " ").strip()[:300]
     raise Unsendable(f"{said}{hint}" + (f": {text}" if text else ""))
 

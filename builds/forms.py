@@ -18,7 +18,7 @@ from django.http import QueryDict
 
 from builds import secrets, services
 from builds.models import Build, Project, Role, Status, default_secret_events
-from builds.pipeline import EVENTS, MAX_BYTES, PipelineError, Problem
+from builds.pipeline import EVENTS, MAX_BYTES, PipelineError, Problem, load
 
 
 class BuildFilterForm(forms.Form):
@@ -188,6 +188,23 @@ class ProjectSettingsForm(_ProjectFields):
         required=False,
         help_text="The status badge needs no token. Builds and logs stay for members.",
     )
+    pipeline = forms.CharField(
+        label="Stored pipeline",
+        required=False,
+        strip=False,
+        max_length=MAX_BYTES,
+        widget=forms.Textarea(attrs={"rows": 8, "class": "code", "spellcheck": "false"}),
+        help_text="What Run and schedules run when the project has no repository (YAML).",
+    )
+
+    def clean_pipeline(self) -> str:
+        text: str = self.cleaned_data.get("pipeline", "")
+        if text.strip():
+            try:
+                load(text, self.cleaned_data.get("pipeline_path") or ".goci.yml")
+            except PipelineError as error:
+                raise forms.ValidationError(str(error)) from error
+        return text
 
 
 class WriteOnlyTextarea(forms.Textarea):

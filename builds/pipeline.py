@@ -184,6 +184,32 @@ class SshScript:
 
 
 @dataclass(frozen=True)
+class DeployTarget:
+    """`environment:` of a step: the step deploys there (builds/deployments.py records
+    it, one deployment to an environment runs at a time)."""
+
+    name: str
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Input:
+    """One of the pipeline's `inputs:`, a value given when it is run by hand, by the
+    API or by a schedule (check_inputs); steps get it as GOCI_INPUT_<NAME>."""
+
+    name: str
+    type: str = "string"  # string, choice or boolean
+    default: str | None = None  # as the step gets it: "true"/"false" for a boolean
+    description: str = ""
+    required: bool = False
+    options: tuple[str, ...] = ()  # a choice's
+
+    @property
+    def variable(self) -> str:
+        return input_variable(self.name)
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of a pipeline, validated, with the pipeline's image and env applied."""
 
@@ -209,6 +235,7 @@ class Step:
     # `ssh:` - the step runs this script on another machine, and no container or shell
     # here: its `run` is "" and its `image` None, as for `build:`.
     ssh: SshScript | None = None
+    environment: DeployTarget | None = None  # `environment:` - a deployment
 
 
 @dataclass(frozen=True)
@@ -235,6 +262,18 @@ class Pipeline:
     # `matrix: {allow_failure: [...]}` - a cell that has all the values of one of these
     # may fail without failing the build (cell_may_fail).
     matrix_may_fail: tuple[Mapping[str, str], ...] = ()
+    # `inputs:` - the values a manual run, the API or a schedule gives (check_inputs).
+    inputs: tuple[Input, ...] = ()
+
+    def environments(self) -> dict[str, str]:
+        """The environments its steps deploy to, each with its URL (the first given)."""
+        found: dict[str, str] = {}
+        for step in self.steps:
+            if step.environment is not None:
+                name, url = step.environment.name, step.environment.url
+                if not found.get(name):
+                    found[name] = url
+        return found
 
 
 # Limits that protect the server from hostile or broken files; all are checked
@@ -268,6 +307,12 @@ MAX_REFERENCE = 255  # characters of an image reference, Docker's own limit
 MAX_HOST = 253  # characters of an `ssh:` host, DNS's own limit for a name
 MAX_SSH_USER = 64  # characters of an `ssh:` user
 MAX_CONNECT_TIMEOUT = 600  # seconds of an `ssh:` connect_timeout
+MAX_INPUTS = 50
+MAX_INPUT_VALUE = 10_000  # characters of one input's value (and of its default)
+MAX_OPTIONS = 100  # of one choice input
+MAX_ENVIRONMENT = 100  # characters of an environment's name
+MAX_URL = 2000
+INPUT_TYPES = ("string", "choice", "boolean")
 
 RESERVED_KEYS = (
     "services",
@@ -402,6 +447,17 @@ _PIPELINE_KEYS: dict[str, tuple[str, _Schema]] = {
         "NAME: [values], with optional include and exclude; at most 256 combinations.",
         {"allOf": [{"$ref": "#/definitions/matrix"}]},
     ),
+    "inputs": (
+        "Values given when the pipeline is run by hand, by the API or by a schedule, "
+        "NAME: {type, default, description, required, options}; steps get each as "
+        "GOCI_INPUT_<NAME>.",
+        {
+            "type": "object",
+            "maxProperties": MAX_INPUTS,
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_-]*$"},
+            "additionalProperties": {"$ref": "#/definitions/input"},
+        },
+    ),
     "steps": (
         "Required. The steps to run, in file order.",
         {
@@ -470,6 +526,43 @@ _STEP_KEYS: dict[str, tuple[str, _Schema]] = {
     "when": (
         "Run only if every given condition matches; otherwise the step is skipped.",
         {"allOf": [{"$ref": "#/definitions/when"}]},
+    ),
+    "environment": (
+        "The step deploys to this environment: its name, or {name, url}. Goci records "
+        "each deployment and runs one of an environment at a time.",
+        {
+            "anyOf": [
+                {"$ref": "#/definitions/environment_name"},
+                {"$ref": "#/definitions/environment"},
+            ]
+        },
+    ),
+}
+_ENVIRONMENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_ENVIRONMENT_KEYS: dict[str, tuple[str, _Schema]] = {
+    "name": (
+        "Required. The environment's name, e.g. production: letters, digits, ., _ and -.",
+        {"$ref": "#/definitions/environment_name"},
+    ),
+    "url": (
+        "Where the deployed service answers, http(s)://...; shown with each deployment.",
+        {"type": "string", "maxLength": MAX_URL, "pattern": r"^https?://\S+$"},
+    ),
+}
+_INPUT_KEYS: dict[str, tuple[str, _Schema]] = {
+    "type": (
+        "string (the default), choice (one of `options`) or boolean.",
+        {"enum": list(INPUT_TYPES)},
+    ),
+    "default": ("The value when none is given.", _TEXT),
+    "description": ("What the value is for, shown beside its field.", _TEXT),
+    "required": (
+        "A value must be given (or come from `default`); default false.",
+        {"type": "boolean"},
+    ),
+    "options": (
+        "A choice's values.",
+        {"type": "array", "minItems": 1, "maxItems": MAX_OPTIONS, "items": _TEXT},
     ),
 }
 _IMAGE_NAME: _Schema = {"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE}
@@ -660,7 +753,6 @@ _STEP_HINTS = {
     "depends_on": "Goci calls this 'needs'",
     "commands": _RUN_HINT,
     "script": _RUN_HINT,
-    "environment": "Goci calls this 'env'",
     "variables": "Goci calls this 'env'",
     "container": "Goci calls this 'image'",
     "allow_failures": "Goci calls this 'allow_failure'",
@@ -1212,6 +1304,23 @@ def json_schema() -> dict[str, object]:
                 "required": list(_SSH_REQUIRED),
                 "properties": properties(_SSH_KEYS),
             },
+            "input": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": properties(_INPUT_KEYS),
+            },
+            "environment_name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ENVIRONMENT,
+                "pattern": _ENVIRONMENT_NAME,
+            },
+            "environment": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": properties(_ENVIRONMENT_KEYS),
+            },
             "build_path": {
                 **_TEXT,
                 "description": "A path relative to the workspace, without `..`.",
@@ -1580,6 +1689,115 @@ def _parse_event(text: str) -> str:
         known = "events are " + ", ".join(EVENTS)
         raise ValueError(f"unknown event {text!r} ({hint + '; ' if hint else ''}{known})")
     return text
+
+
+_INPUT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_ENVIRONMENT_NAME_RE = re.compile(_ENVIRONMENT_NAME)
+_URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
+
+
+def input_variable(name: str) -> str:
+    """GOCI_INPUT_<NAME>: upper case, `-` as `_` (GitHub's `log-level` is LOG_LEVEL)."""
+    return "GOCI_INPUT_" + name.upper().replace("-", "_")
+
+
+def _parse_input_type(text: str) -> str:
+    if text not in INPUT_TYPES:
+        hint = _did_you_mean(text, INPUT_TYPES)
+        raise ValueError(
+            f"unknown input type {text!r} ({hint + '; ' if hint else ''}types are "
+            + ", ".join(INPUT_TYPES)
+            + ")"
+        )
+    return text
+
+
+def _parse_input_value(text: str) -> str:
+    if len(text) > MAX_INPUT_VALUE:
+        raise ValueError(f"at most {MAX_INPUT_VALUE} characters, found {len(text)}")
+    if "\0" in text:
+        raise ValueError("a value cannot hold a NUL character")
+    return text
+
+
+def _parse_environment(text: str) -> str:
+    if not _ENVIRONMENT_NAME_RE.fullmatch(text) or len(text) > MAX_ENVIRONMENT:
+        raise ValueError(
+            f"invalid environment name {text[:MAX_ENVIRONMENT]!r}: at most "
+            f"{MAX_ENVIRONMENT} letters, digits, ., _ and -, starting with a letter or digit"
+        )
+    return text
+
+
+def _parse_url(text: str) -> str:
+    if len(text) > MAX_URL or not _URL_RE.fullmatch(text):
+        raise ValueError(f"expected an http:// or https:// URL of at most {MAX_URL} characters")
+    return text
+
+
+class InputsError(ValueError):
+    """The values given for a pipeline's inputs are wrong: each problem, by input."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"inputs.{name}: {message}" for name, message in problems))
+
+
+def check_inputs(pipeline: Pipeline, given: Mapping[str, object]) -> dict[str, str]:
+    """The value of every declared input, from `given` or its default ("" if neither),
+    as a step gets it; InputsError naming every problem: an undeclared input, a
+    required one missing, a wrong type, a choice not among the options."""
+    declared = {item.name: item for item in pipeline.inputs}
+    problems: list[tuple[str, str]] = []
+    for name in given:
+        if name not in declared:
+            hint = _did_you_mean(str(name), declared)
+            known = (
+                "the pipeline declares " + ", ".join(declared)
+                if declared
+                else "the pipeline declares no `inputs:`"
+            )
+            problems.append(
+                (str(name)[:100], f"unknown input ({hint + '; ' if hint else ''}{known})")
+            )
+    values: dict[str, str] = {}
+    for name, item in declared.items():
+        value = given.get(name)
+        if value is None or value == "":
+            if item.required and item.default is None:
+                problems.append((name, "required: give a value"))
+            values[name] = item.default or ""
+            continue
+        problem = _input_problem(item, value)
+        if problem is not None:
+            problems.append((name, problem))
+            continue
+        values[name] = str(value).lower() if item.type == "boolean" else str(value)
+    if problems:
+        raise InputsError(problems)
+    return values
+
+
+def _input_problem(item: Input, value: object) -> str | None:
+    if item.type == "boolean":
+        if isinstance(value, bool) or (
+            isinstance(value, str) and value.lower() in ("true", "false")
+        ):
+            return None
+        return "expected true or false"
+    if not isinstance(value, str):
+        return "expected a string"
+    if len(value) > MAX_INPUT_VALUE:
+        return f"at most {MAX_INPUT_VALUE} characters, found {len(value)}"
+    if "\0" in value:
+        return "a value cannot hold a NUL character"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "not valid text (a lone surrogate)"
+    if item.type == "choice" and value not in item.options:
+        return f"{value[:100]!r} is not one of " + ", ".join(item.options)
+    return None
 
 
 def _parse_shell(text: str) -> str:
@@ -3003,6 +3221,7 @@ class _Checker:
         clone, clone_depth = self.clone(pairs)
         when = self.when(pairs, "")
         runs_on = self.runs_on(pairs)
+        inputs = self.inputs(pairs)
         steps = self.read_steps(root, pairs, image, env, secrets)
         if cells and not self.problems:
             self.check_cells(cells)
@@ -3022,7 +3241,112 @@ class _Checker:
             runs_on=runs_on,
             matrix=cells,
             matrix_may_fail=self.may_fail if cells else (),
+            inputs=inputs,
         )
+
+    def inputs(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[Input, ...]:
+        """`inputs: {NAME: {type, default, description, required, options}}`."""
+        if "inputs" not in pairs:
+            return ()
+        mapping = self.mapping(pairs["inputs"][1], "inputs", "a mapping of NAME: {type, ...}")
+        if mapping is None:
+            return ()
+        if len(mapping) > MAX_INPUTS:
+            message = f"too many inputs ({len(mapping)}); a pipeline may have at most {MAX_INPUTS}"
+            self.add(pairs["inputs"][1], "inputs", message)
+            return ()
+        found: list[Input] = []
+        variables: dict[str, str] = {}
+        for name, (key, value) in mapping.items():
+            where = f"inputs.{name}"
+            if not _INPUT_NAME_RE.fullmatch(name):
+                message = (
+                    f"invalid input name {name!r}: use letters, digits, _ and -, "
+                    "not starting with a digit or -"
+                )
+                self.add(key, where, message)
+                continue
+            other = variables.setdefault(input_variable(name), name)
+            if other != name:
+                message = f"{name!r} and {other!r} would both be {input_variable(name)}: rename one"
+                self.add(key, where, message)
+                continue
+            item = self.input(name, value, where)
+            if item is not None:
+                found.append(item)
+        return tuple(found)
+
+    def input(self, name: str, node: Node, where: str) -> Input | None:
+        if _is_empty(node):
+            return Input(name=name)  # `version:` alone: a string, optional
+        mapping = self.mapping(node, where, "a mapping with `type`, `default`, ...")
+        if mapping is None:
+            return None
+        before = len(self.problems)
+        fallback = "an input takes only " + ", ".join(_INPUT_KEYS)
+        self.check_keys(mapping, where, _INPUT_KEYS, {}, reserved=False, fallback=fallback)
+        kind = self.scalar(mapping, "type", where, _parse_input_type, "string, choice or boolean")
+        kind = kind or "string"
+        default = self.scalar(mapping, "default", where, _parse_input_value)
+        description = self.scalar(mapping, "description", where, str) or ""
+        required = self.scalar(mapping, "required", where, _parse_bool, "true or false")
+        options: tuple[str, ...] = ()
+        if "options" in mapping:
+            node_options = mapping["options"][1]
+            if kind != "choice":
+                self.add(mapping["options"][0], where, "`options` are for `type: choice`")
+            found = self.names(node_options, f"{where}.options", allow_empty=False, what="option")
+            if found is not None:
+                options = tuple(dict.fromkeys(text for text, _, _ in found))
+                if len(options) > MAX_OPTIONS:
+                    message = f"too many options ({len(options)}); at most {MAX_OPTIONS}"
+                    self.add(node_options, f"{where}.options", message)
+        elif kind == "choice":
+            self.add(node, where, "missing key 'options': the values a choice offers")
+        if default is not None and kind == "boolean":
+            if default.lower() not in ("true", "false"):
+                message = f"a boolean's default is true or false, found {default!r}"
+                self.add(mapping["default"][1], f"{where}.default", message)
+            default = default.lower()
+        if default is not None and kind == "choice" and options and default not in options:
+            message = f"the default {default!r} is not one of the options: " + ", ".join(options)
+            self.add(mapping["default"][1], f"{where}.default", message)
+        if len(self.problems) > before:
+            return None
+        return Input(
+            name=name,
+            type=kind,
+            default=default,
+            description=description,
+            required=bool(required),
+            options=options,
+        )
+
+    def environment(self, pairs: dict[str, tuple[Node, Node]], path: str) -> DeployTarget | None:
+        """`environment: production` or `environment: {name: production, url: ...}`."""
+        if "environment" not in pairs:
+            return None
+        node, where = pairs["environment"][1], f"{path}.environment"
+        if isinstance(node, ScalarNode) and id(node) not in self.rejected:
+            name = self.scalar(pairs, "environment", path, _parse_environment, "a name")
+            return None if name is None else DeployTarget(name=name)
+        mapping = self.mapping(node, where, "a name or {name, url}")
+        if mapping is None:
+            return None
+        # Drone's and GitLab's `environment:` on a step is its variables: say so.
+        hint = (
+            "`environment` names where the step deploys, {name, url}; "
+            "the step's variables are `env`"
+        )
+        before = len(self.problems)
+        self.check_keys(mapping, where, _ENVIRONMENT_KEYS, {}, reserved=False, fallback=hint)
+        if "name" not in mapping:
+            self.add(node, where, "missing key 'name': the environment this step deploys to")
+        name = self.scalar(mapping, "name", where, _parse_environment, "a name")
+        url = self.scalar(mapping, "url", where, _parse_url, "a URL")
+        if len(self.problems) > before or name is None:
+            return None
+        return DeployTarget(name=name, url=url or "")
 
     def runs_on(self, pairs: dict[str, tuple[Node, Node]]) -> tuple[str, ...]:
         """`runs_on: gpu` or `runs_on: [linux, gpu]`: the labels, each checked once."""
@@ -3142,6 +3466,7 @@ class _Checker:
         retry = self.scalar(pairs, "retry", path, _parse_retry, "a whole number from 0 to 5")
         allow_failure = self.scalar(pairs, "allow_failure", path, _parse_bool, "true or false")
         when = self.when(pairs, path)
+        environment = self.environment(pairs, path)
         if (
             len(self.problems) == before
             and draft.name is not None
@@ -3168,6 +3493,7 @@ class _Checker:
                 when=when,
                 build=build,
                 ssh=ssh,
+                environment=environment,
             )
         return draft
 

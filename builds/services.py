@@ -23,6 +23,7 @@ from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
+from builds import deployments
 from builds.clone_urls import clone_url_problem
 from builds.models import (
     CELL_POSITIONS,
@@ -31,6 +32,7 @@ from builds.models import (
     ApiToken,
     Build,
     CommitStatus,
+    Deployment,
     Job,
     Membership,
     Project,
@@ -40,7 +42,15 @@ from builds.models import (
     WebhookDelivery,
     default_token_scopes,
 )
-from builds.pipeline import Pipeline, cell_may_fail, cell_name, for_cell, load, plan
+from builds.pipeline import (
+    Pipeline,
+    cell_may_fail,
+    cell_name,
+    check_inputs,
+    for_cell,
+    load,
+    plan,
+)
 from builds.secrets import decrypt, encrypt
 from goci import audit
 
@@ -163,7 +173,15 @@ class Conflict(ValueError):
     """The request clashes with what exists (a taken slug, a member twice): 409."""
 
 
-PROJECT_FIELDS = ("name", "repo_url", "default_branch", "pipeline_path", "auto_cancel", "public")
+PROJECT_FIELDS = (
+    "name",
+    "repo_url",
+    "default_branch",
+    "pipeline_path",
+    "auto_cancel",
+    "public",
+    "pipeline",
+)
 
 
 def slug_problem(value: str) -> str | None:
@@ -220,6 +238,8 @@ def project_update(*, project: Project, **fields: Any) -> Project:
         raise InvalidRequest(f"these project settings cannot be changed: {sorted(unknown)}")
     if problem := repo_url_problem(fields.get("repo_url", "")):
         raise InvalidRequest(f"repo_url: {problem}")
+    if fields.get("pipeline"):  # the stored pipeline: valid, or PipelineError
+        load(fields["pipeline"], fields.get("pipeline_path") or project.pipeline_path)
     for name, value in fields.items():
         setattr(project, name, value)
     if "name" in fields and not project.name:
@@ -228,6 +248,11 @@ def project_update(*, project: Project, **fields: Any) -> Project:
         with transaction.atomic():
             project.save(update_fields=list(fields))
             changed = {name: getattr(project, name) for name in fields}
+            if changed.get("pipeline"):  # up to 1 MiB: the log names which one it is
+                digest = hashlib.sha256(changed["pipeline"].encode()).hexdigest()
+                changed["pipeline"] = (
+                    f"sha256:{digest[:16]} ({len(changed['pipeline'])} characters)"
+                )
             audit.record("project.update", project=project, obj=project, details=changed)
     return project
 
@@ -449,12 +474,15 @@ def build_create(
     rerun_of: Build | None = None,
     fork: bool = False,
     origin: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, object] | None = None,
+    rollback_of: Deployment | None = None,
 ) -> tuple[Build, bool]:
     """Queue a build of a pipeline; (build, created). The pipeline is validated first
     (PipelineError: nothing is stored). With an idempotency key, a retry - even a
     concurrent one - returns the first build and created=False. `fork`: the code
     comes from a fork's pull request, which never receives secrets. `origin`: the
-    forge's account of it (ORIGIN_FIELDS).
+    forge's account of it (ORIGIN_FIELDS). `inputs`: values of the pipeline's
+    `inputs:`, checked against them (InputsError names each problem).
 
     With a commit of a project that has a repository, the worker checks that commit
     out first (the step "clone"); then `pipeline` may be "": it is read from the
@@ -476,6 +504,15 @@ def build_create(
     if checkout and parsed is not None:
         check_checkout_name(parsed)
     env = _check_env(env or {})
+    if parsed is not None:
+        checked_inputs = check_inputs(parsed, inputs or {})
+    elif inputs:
+        raise InvalidRequest(
+            "inputs need the pipeline that declares them: give the pipeline, or run a ref "
+            "(POST /api/projects/{slug}/run)"
+        )
+    else:
+        checked_inputs = {}
     try:
         with transaction.atomic():
             # The project row lock serialises submits of one project: numbers stay
@@ -500,6 +537,7 @@ def build_create(
                 author=author,
                 pipeline=pipeline,
                 env=env,
+                inputs=checked_inputs,
                 idempotency_key=idempotency_key or None,
                 rerun_of=rerun_of,
                 fork=fork,
@@ -514,6 +552,8 @@ def build_create(
                     Step.objects.create(job=job, name=CHECKOUT_STEP, position=0)
                 if parsed is not None:
                     create_steps(job, parsed, after_clone=checkout)
+            if parsed is not None:
+                deployments.record(build, parsed, rollback_of=rollback_of)
             # Not the env: its values may be credentials.
             audit.record(
                 "build.rerun" if rerun_of is not None else "build.run",
@@ -539,6 +579,47 @@ def build_create(
             raise
         return Build.objects.get(project=project, idempotency_key=idempotency_key), False
     return build, True
+
+
+def run_pipeline(
+    *,
+    project: Project,
+    ref: str,
+    inputs: Mapping[str, object],
+    trigger: str,
+    author: User | None,
+    idempotency_key: str | None = None,
+) -> Build:
+    """Run the project's pipeline at `ref` (a branch or tag; "": the default branch)
+    with `inputs`: the Run form, POST /api/projects/{slug}/run and schedules. The
+    pipeline is read from the repository at that ref (its commit is the build's), or
+    is the project's stored pipeline when it has no repository. InvalidRequest or
+    RefError says what is wrong; InputsError names each wrong input."""
+    # Here: it imports the worker's git code, which most callers need not load.
+    from builds import refs  # noqa: PLC0415
+    from runners.checkout import full_ref  # noqa: PLC0415
+
+    ref = ref or project.default_branch
+    if project.repo_url:
+        full, commit, pipeline = refs.pipeline_at(project, ref)
+    elif project.pipeline:
+        full, commit, pipeline = full_ref(ref), "", project.pipeline
+    else:
+        raise InvalidRequest(
+            f"project {project.slug} has neither a repository nor a stored pipeline: set "
+            "one of them in its settings"
+        )
+    build, _ = build_create(
+        project=project,
+        pipeline=pipeline,
+        author=author,
+        ref=full,
+        commit=commit,
+        trigger=trigger,
+        inputs=inputs,
+        idempotency_key=idempotency_key,
+    )
+    return build
 
 
 MAX_MATRIX_STEPS = 5000  # steps of all the cells of one build
@@ -667,6 +748,7 @@ def build_rerun(*, build: Build, author: User | None) -> Build:
         commit=build.commit,
         message=build.message,
         env=build.env,
+        inputs=build.inputs,
         trigger=Build.Trigger.RERUN,
         rerun_of=build,
         fork=build.fork,  # still a fork's code: no secrets for it either
@@ -678,6 +760,9 @@ def build_rerun(*, build: Build, author: User | None) -> Build:
 def build_settle(build: Build, now: Any) -> None:
     """Derive the build's status from its jobs (the build row is locked). A failed job
     allowed to fail (a matrix cell) counts as a success."""
+    # Here, not at the top: builds.notifications imports this module.
+    from builds import notifications  # noqa: PLC0415
+
     statuses = [
         Status.SUCCESS if status == Status.FAILURE and may_fail else status
         for status, may_fail in build.jobs.values_list("status", "allow_failure")
@@ -699,7 +784,12 @@ def build_settle(build: Build, now: Any) -> None:
         fields.append("finished_at")
         if build.forge:
             commit_status_queue(build, status, _status_words(build, status))
+        notifications.queue_build(build)
     build.save(update_fields=fields)
+    if status in FINISHED and (finished := deployments.settle(build, now)):
+        for deployment in finished:
+            notifications.queue_deployment(deployment)
+        notify_queue()  # the next deployment to those environments may go
 
 
 def _status_words(build: Build, status: str) -> str:

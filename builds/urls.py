@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from builds import logs, token_pages, views
+from builds import deploy_pages, logs, notification_pages, schedule_pages, token_pages, views
 from goci import oauth
 
 
@@ -36,6 +36,34 @@ urlpatterns = [
     path("projects/new", views.project_new, name="project-new"),
     path("projects/<slug:slug>/", views.project_detail, name="project"),
     path("projects/<slug:slug>/run", views.project_run, name="project-run"),
+    path("projects/<slug:slug>/run-ref", deploy_pages.project_run_ref, name="project-run-ref"),
+    path(
+        "projects/<slug:slug>/environments",
+        deploy_pages.project_environments,
+        name="project-environments",
+    ),
+    path(
+        "projects/<slug:slug>/environments/<str:name>/protect",
+        deploy_pages.environment_protect,
+        name="environment-protect",
+    ),
+    path(
+        "projects/<slug:slug>/deployments/<int:deployment_id>/redeploy",
+        deploy_pages.deployment_redeploy,
+        name="deployment-redeploy",
+    ),
+    path(
+        "projects/<slug:slug>/deployments/<int:deployment_id>/approve",
+        deploy_pages.deployment_decide,
+        {"decision": "approve"},
+        name="deployment-approve",
+    ),
+    path(
+        "projects/<slug:slug>/deployments/<int:deployment_id>/reject",
+        deploy_pages.deployment_decide,
+        {"decision": "reject"},
+        name="deployment-reject",
+    ),
     path("projects/<slug:slug>/settings", views.project_settings, name="project-settings"),
     path(
         "projects/<slug:slug>/webhook/rotate",
@@ -54,6 +82,16 @@ urlpatterns = [
         views.project_secret_delete,
         name="project-secret-delete",
     ),
+    path(
+        "projects/<slug:slug>/notifications",
+        notification_pages.project_notifications,
+        name="project-notifications",
+    ),
+    path(
+        "projects/<slug:slug>/notifications/<int:target_id>/delete",
+        notification_pages.notification_target_delete,
+        name="project-notification-delete",
+    ),
     path("projects/<slug:slug>/delete", views.project_delete, name="project-delete"),
     path("projects/<slug:slug>/transfer", views.project_transfer, name="project-transfer"),
     path("projects/<slug:slug>/members", views.project_members, name="project-members"),
@@ -66,6 +104,21 @@ urlpatterns = [
         "projects/<slug:slug>/members/<username:username>/remove",
         views.member_remove,
         name="project-member-remove",
+    ),
+    path(
+        "projects/<slug:slug>/schedules",
+        schedule_pages.project_schedules,
+        name="project-schedules",
+    ),
+    path(
+        "projects/<slug:slug>/schedules/<int:schedule_id>/toggle",
+        schedule_pages.schedule_toggle,
+        name="project-schedule-toggle",
+    ),
+    path(
+        "projects/<slug:slug>/schedules/<int:schedule_id>/delete",
+        schedule_pages.schedule_delete,
+        name="project-schedule-delete",
     ),
     path("account/tokens", token_pages.tokens, name="tokens"),
     path("account/tokens/<int:token_id>/revoke", token_pages.token_revoke, name="token-revoke"),

@@ -780,6 +780,7 @@ def _header_context(build: Build) -> dict[str, Any]:
         # Buttons only for those who may use them (the views check again).
         "can_cancel": runs and build.status in ACTIVE and not build.cancel_requested,
         "can_rerun": runs and build.finished,
+        "can_manage": access.has_role(getattr(build.project, "role", None), access.MANAGE),
         # Why it waits; the header polls itself, so this follows the queue and runners.
         "queue_reason": queue_reason(build),
     }

@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING, TextIO
 
 from builds.pipeline import (
     EVENTS,
+    InputsError,
     Pipeline,
     PipelineError,
     Step,
     cell_may_fail,
     cell_name,
+    check_inputs,
     for_cell,
+    input_variable,
     json_schema,
     load_file,
     matrix_variables,
@@ -340,6 +343,22 @@ def docker_executor(workspace: Path) -> Executor:
         raise UsageError(str(exc)) from None
 
 
+def input_env(pipeline: Pipeline, given: list[str]) -> dict[str, str]:
+    """GOCI_INPUT_<NAME> of each of the pipeline's `inputs:`, from --input NAME=VALUE
+    or its default, checked as the server checks them."""
+    values: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--input {item!r}: expected NAME=VALUE")
+        values[name] = value
+    try:
+        checked = check_inputs(pipeline, values)
+    except InputsError as exc:
+        raise UsageError("; ".join(f"--input {n}: {m}" for n, m in exc.problems)) from None
+    return {input_variable(name): value for name, value in checked.items()}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     env = parse_env(args.env)
     secrets = parse_secrets(args.secret, args.secret_file)
@@ -353,6 +372,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         picks.append((name, value))
     args.file = pipeline_file(args.file, "run")
     pipeline = read_pipeline(args.file)
+    env = {**input_env(pipeline, args.input), **env}
     if args.event == "pull_request":
         pipeline = without_registry_secrets(pipeline)  # it never pushes: no credentials
     try:
@@ -1067,6 +1087,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=PATH",
         help="a secret read from a file (one trailing newline dropped); repeatable",
+    )
+    run.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value of the pipeline's `inputs:` (repeatable); steps get GOCI_INPUT_<NAME>; "
+        "each is checked against its declaration, the others take their defaults",
     )
     run.add_argument(
         "--matrix",

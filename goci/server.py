@@ -237,11 +237,15 @@ def up(host: str, port: int, workers: int) -> int:
             login = "with a forge account (password sign-in is off)"
         # Only now: importing them sets up the ASGI app and loads the models.
         from builds.commit_status import StatusSender  # noqa: PLC0415
+        from builds.notifications import NotificationSender  # noqa: PLC0415
+        from builds.schedules import Scheduler  # noqa: PLC0415
         from goci.asgi import application  # noqa: PLC0415
         from runners.worker import Worker  # noqa: PLC0415
 
         worker = Worker(name=f"{socket.gethostname()}-up", concurrency=workers)
         sender = StatusSender()  # commit statuses back to the forges, beside the worker
+        scheduler = Scheduler()  # schedules' builds; every server process races for them
+        notifier = NotificationSender()  # build and deploy news, the same way
     except (ValueError, OSError, ImproperlyConfigured, CommandError, DatabaseError) as exc:
         # Settings (DEBUG=ture), the data directory, the database: say which and stop.
         complain(f"cannot start: {exc}")
@@ -258,7 +262,11 @@ def up(host: str, port: int, workers: int) -> int:
     # needs the running loop (and its errors logged by asyncio), so it is queued there.
     reactor.callWhenRunning(lambda: asyncio.get_event_loop().call_soon(embedded.started))
     sender.start()
+    scheduler.start()
+    notifier.start()
     server.run()
+    notifier.stop()
+    scheduler.stop()
     sender.stop()
     if server.listen_failure:
         # "Couldn't listen on 127.0.0.1:8000: [Errno 98] Address already in use."

@@ -340,6 +340,17 @@ GOCI_DEFAULT_IMAGE = os.environ.get("GOCI_DEFAULT_IMAGE", "").strip()
 # may be cloned over plain http (builds/clone_urls.py, docs/checkout.md).
 GOCI_CLONE_ALLOWED_HOSTS = env_list("GOCI_CLONE_ALLOWED_HOSTS", [])
 
+# Notifications (builds/notifications.py, docs/notifications.md): the Telegram Bot API's
+# address (a local Bot API server, or a proxy), and the SMTP server email goes through.
+GOCI_TELEGRAM_API = env_forge_url("GOCI_TELEGRAM_API", "https://api.telegram.org")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost").strip() or "localhost"
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10  # seconds: a stuck SMTP server delays the notifications, nothing else
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "").strip() or "goci@localhost"
+
 # /metrics (goci/health.py) answers bearers of GOCI_METRICS_TOKEN and clients whose
 # address (goci.public.client_address: behind the proxy, the one it forwarded) is in
 # GOCI_METRICS_ALLOW: IP addresses or CIDR networks, comma-separated. Neither set: it is

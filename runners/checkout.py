@@ -338,6 +338,38 @@ class Checkout:
         if head != self.commit:
             raise CheckoutError(f"HEAD is {head}, not the build's commit {self.commit}")
 
+    def remote_refs(self) -> dict[str, str]:
+        """The repository's branches and tags: full ref -> commit (a tag's commit, not
+        the tag object's id). For the server, before there is a build: `workspace` is
+        an empty temporary directory, and nothing is checked out."""
+        self._init()
+        listing = self._capture("ls-remote", "--heads", "--tags", "origin").decode(errors="replace")
+        refs: dict[str, str] = {}
+        for line in listing.splitlines():
+            sha, _, name = line.partition("\t")
+            if name.endswith("^{}"):  # an annotated tag, peeled: its commit
+                refs[name[:-3]] = sha
+            else:
+                refs.setdefault(name, sha)
+        return refs
+
+    def fetch_ref(self, ref: str) -> str:
+        """Fetch the tip of the full ref `ref` (one commit, its files in git's objects
+        only) and return its commit id; `read` then reads files of it."""
+        self._init()
+        self.wants = [f"+{ref}:{FETCHED_REF}"]
+        self._fetch(1, self.wants[0])
+        self.commit = (
+            self._capture("rev-parse", "--verify", f"{FETCHED_REF}^{{commit}}").decode().strip()
+        )
+        return self.commit
+
+    def _init(self) -> None:
+        if (self.workspace / ".git").exists():
+            return
+        self._git("init", "--quiet", "--template=", ".", log=False)
+        self._git("remote", "add", "origin", self.target.url, log=False)
+
     def deepen(self, depth: int) -> None:
         """Make the history `depth` commits deep (0: all) if it is less."""
         if depth == self.depth or not self._shallow():

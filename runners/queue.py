@@ -27,6 +27,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from builds import deployments
 from builds.models import FINISHED, Build, Job, LogChunk, Status, Step
 from builds.pipeline import Pipeline, for_cell, load
 from builds.services import (
@@ -74,9 +75,18 @@ def job_claim(
     worker needs to run it: the job comes with its build and project (job.build) and
     its steps (job.steps.all()). With a `runner`, the job records it, and nothing is
     claimed unless its row is active (not paused, draining or revoked): checked in
-    the same query, so an admin's pause holds from the next claim on."""
+    the same query, so an admin's pause holds from the next claim on. A job whose
+    build deploys waits while that deployment waits for approval or for another one
+    of its environment (builds/deployments.py); claiming it starts the deployment."""
+    try:
+        return _claim(worker, labels, runner)
+    except deployments.Busy:
+        return None  # another build's deployment to that environment started first
+
+
+def _claim(worker: str, labels: Sequence[str], runner: Runner | None) -> Job | None:
     with transaction.atomic():
-        queued = Job.objects.filter(status=Status.QUEUED)
+        queued = Job.objects.filter(status=Status.QUEUED).exclude(deployments.held_jobs())
         if runner is not None:
             queued = queued.filter(
                 Exists(
@@ -107,6 +117,7 @@ def job_claim(
         )
         if not claimed:
             return None  # SQLite: another worker took it first
+        deployments.start(job, now)  # Busy undoes the claim
         Build.objects.filter(pk=job.build_id).update(
             status=Status.RUNNING, started_at=Coalesce("started_at", Value(now))
         )
@@ -320,8 +331,13 @@ def build_plan(
     check_matrix_size(parsed)
     check_checkout_name(parsed)
     with fenced(job_id, attempt, runner):
-        job = Job.objects.select_related("build").get(pk=job_id)
+        job = Job.objects.select_related("build__project", "build__author").get(pk=job_id)
         Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
+        job.build.pipeline = pipeline
+        try:
+            deployments.record_at_plan(job, parsed)
+        except deployments.Refused as error:
+            raise InvalidRequest(str(error)) from error
         job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
         if parsed.matrix:
             create_cell_jobs(job.build, parsed, checkout=True, first=job)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.utils import timezone
 
+from builds import deployments
 from builds.models import Build, Job, Status
 from runners.models import Runner
 
@@ -68,20 +69,28 @@ class QueueSnapshot:
         ]
         queue = list(
             Job.objects.filter(status=Status.QUEUED)
+            # Held by its deployment (an approval, another deployment): said so instead.
+            .annotate(held=ExpressionWrapper(deployments.held_jobs(), BooleanField()))
             .order_by("id")
-            .values_list("build_id", "labels")[:MAX_QUEUE]
+            .values_list("build_id", "labels", "held")[:MAX_QUEUE]
         )
         self.length = len(queue)
         self.complete = self.length < MAX_QUEUE
         # Each build's first queued job: its place in the queue and its labels.
         self.place: dict[int, tuple[int, list[str]]] = {}
-        for position, (build_id, labels) in enumerate(queue, start=1):
+        self.held: set[int] = set()
+        for position, (build_id, labels, held) in enumerate(queue, start=1):
             self.place.setdefault(build_id, (position, labels or []))
+            if held:
+                self.held.add(build_id)
 
     def reason(self, build: Build) -> str | None:
         """Why the build waits; None unless it is queued."""
         if build.status != Status.QUEUED:
             return None
+        unknown = not self.complete and build.pk not in self.place
+        if (build.pk in self.held or unknown) and (held := deployments.waiting_reason(build)):
+            return held  # an approval, or another deployment of its environment
         total = self.length
         found = self.place.get(build.pk)
         if found is None and not self.complete:

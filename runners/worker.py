@@ -34,6 +34,7 @@ from builds.pipeline import (
     Pipeline,
     PipelineError,
     for_cell,
+    input_variable,
     load,
     secrets_wanted,
     with_secret_values,
@@ -93,7 +94,8 @@ CHECK_EVERY = 0.5
 # How often a worker looks for jobs whose lease expired (and at least every third of
 # the lease).
 REAP_EVERY = 5.0
-EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual"}
+# A rerun, and a rollback (an earlier deployment run again), are someone's manual runs.
+EVENTS: dict[str, str] = {Build.Trigger.RERUN: "manual", Build.Trigger.ROLLBACK: "manual"}
 # How far back secret_scope() looks for the build a rerun reruns.
 MAX_RERUN_CHAIN = 100
 # A job token ends with its job (access_tokens checks the attempt runs); its `exp` only
@@ -732,6 +734,8 @@ def server_env(build: Build) -> dict[str, str]:
         "GOCI_COMMIT": build.commit,
         "GOCI_COMMIT_SHA": build.commit,  # the name GitLab and the example use
         "GOCI_EVENT": EVENTS.get(build.trigger, build.trigger),
+        # The pipeline's `inputs:`, as checked when the build was queued.
+        **{input_variable(name): str(value) for name, value in (build.inputs or {}).items()},
     }
 
 

@@ -1042,6 +1042,18 @@ def test_the_openapi_schema_lists_every_endpoint(db: None) -> None:
         "/api/auth/token",
         "/api/runners/registration-tokens",
         "/api/runners/registration-tokens/{token_id}",
+        "/api/projects/{slug}/run",
+        "/api/projects/{slug}/environments",
+        "/api/projects/{slug}/environments/{name}",
+        "/api/projects/{slug}/environments/{name}/deployments",
+        "/api/projects/{slug}/deployments/{deployment_id}/approve",
+        "/api/projects/{slug}/deployments/{deployment_id}/reject",
+        "/api/projects/{slug}/deployments/{deployment_id}/redeploy",
+        "/api/projects/{slug}/schedules",
+        "/api/projects/{slug}/schedules/{schedule_id}",
+        "/api/projects/{slug}/notifications",
+        "/api/projects/{slug}/notifications/{target_id}",
+        "/api/projects/{slug}/notifications/deliveries",
     }
     assert set(schema["paths"]["/api/builds"]) == {"get", "post"}
     assert set(schema["paths"]["/api/projects/{slug}"]) == {"get", "patch", "delete"}

@@ -17,7 +17,15 @@ import pytest
 
 from builds import api as api_module
 from builds import services
-from builds.models import ApiToken, Build, Membership, Project, Secret
+from builds.models import (
+    ApiToken,
+    Build,
+    Membership,
+    NotificationTarget,
+    Project,
+    Schedule,
+    Secret,
+)
 from tests.helpers import REPO, api_call, make_project, make_token, make_user
 
 PIPELINE = "steps:\n  - name: Build\n    run: make\n"
@@ -40,6 +48,8 @@ def state() -> dict[str, Any]:
         "projects": list(Project.objects.values()),
         "members": sorted(Membership.objects.values_list("user__username", "role")),
         "builds": Build.objects.count(),
+        "notifications": list(NotificationTarget.objects.values()),
+        "schedules": list(Schedule.objects.values()),
     }
 
 
@@ -63,6 +73,12 @@ BODIES = {
     "token": ("post", "/api/tokens", {"name": "ci"}),
     "exchange": ("post", "/api/auth/token", {"username": "dev", "password": "guess"}),
     "secret": ("put", "/api/projects/shop/secrets/DEPLOY_TOKEN", {"value": "long enough"}),
+    "notification": (
+        "post",
+        "/api/projects/shop/notifications",
+        {"name": "ops", "kind": "email", "addresses": ["ops@example.com"]},
+    ),
+    "schedule": ("post", "/api/projects/shop/schedules", {"cron": "0 3 * * *"}),
 }
 TEXT_FIELDS = [
     ("build", "project"),
@@ -84,6 +100,12 @@ TEXT_FIELDS = [
     ("exchange", "username"),
     ("exchange", "password"),
     ("secret", "value"),
+    ("notification", "name"),
+    ("notification", "url"),
+    ("schedule", "cron"),
+    ("schedule", "timezone"),
+    ("schedule", "ref"),
+    ("schedule", "description"),
 ]
 
 
@@ -306,6 +328,9 @@ def test_json_nested_within_the_limit_is_an_ordinary_422(token: str) -> None:
         ("patch", "/api/projects/shop/members/olivia"),
         ("post", "/api/tokens"),
         ("post", "/api/auth/token"),
+        ("post", "/api/projects/shop/notifications"),
+        ("post", "/api/projects/shop/schedules"),
+        ("patch", "/api/projects/shop/schedules/1"),
     ],
 )
 def test_ten_megabytes_to_any_route_with_a_body_is_413(token: str, method: str, url: str) -> None:

@@ -16,11 +16,25 @@ import pytest
 from django.test import Client
 
 from builds import services
-from builds.models import ApiToken, Build, Membership, Project, Role, Secret
+from builds.models import (
+    ApiToken,
+    Build,
+    Deployment,
+    Environment,
+    Membership,
+    NotificationTarget,
+    Project,
+    Role,
+    Schedule,
+    Secret,
+)
+from builds.notifications import notification_target_create
+from builds.schedules import schedule_create
 from builds.secrets import secret_set
 from tests.helpers import api_call, make_project, make_token, make_user
 
 PIPELINE = "steps:\n  - name: Build\n    run: make\n"
+DEPLOY = "steps:\n  - name: ship\n    environment: production\n    run: ./ship\n"
 
 # The user acting in each role; tim (developer) and otto (a second owner) are the
 # members that member calls act on; newbie is a user of the server in no project.
@@ -56,6 +70,61 @@ class Route:
 
 
 ROUTES = [
+    # Manual runs, environments and deployments (builds/deploy_api.py).
+    Route(
+        "post",
+        "/api/projects/{slug}/run",
+        "/api/projects/shop/run",
+        {"inputs": {}},
+        (403, 201, 201, 201, 404),
+        "developer",
+    ),
+    Route(
+        "get",
+        "/api/projects/{slug}/environments",
+        "/api/projects/shop/environments",
+        None,
+        (200, 200, 200, 200, 404),
+    ),
+    Route(
+        "patch",
+        "/api/projects/{slug}/environments/{name}",
+        "/api/projects/shop/environments/production",
+        {"protected": True},
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "get",
+        "/api/projects/{slug}/environments/{name}/deployments",
+        "/api/projects/shop/environments/production/deployments",
+        None,
+        (200, 200, 200, 200, 404),
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/deployments/{deployment_id}/approve",
+        "/api/projects/shop/deployments/{waiting}/approve",
+        None,
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/deployments/{deployment_id}/reject",
+        "/api/projects/shop/deployments/{waiting}/reject",
+        None,
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/deployments/{deployment_id}/redeploy",
+        "/api/projects/shop/deployments/{deployment}/redeploy",
+        None,
+        (403, 201, 201, 201, 404),
+        "developer",
+    ),
     Route("get", "/api/projects", "/api/projects", None, (200, 200, 200, 200, 200)),
     Route("post", "/api/projects", "/api/projects", {"slug": "new"}, (201, 201, 201, 201, 201)),
     Route("get", "/api/projects/{slug}", "/api/projects/shop", None, (200, 200, 200, 200, 404)),
@@ -162,6 +231,80 @@ ROUTES = [
         (403, 403, 204, 204, 404),
         "maintainer",
     ),
+    # Schedules (builds/schedule_api.py): members read them, maintainers change them.
+    Route(
+        "get",
+        "/api/projects/{slug}/schedules",
+        "/api/projects/shop/schedules",
+        None,
+        (200, 200, 200, 200, 404),
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/schedules",
+        "/api/projects/shop/schedules",
+        {"cron": "*/5 * * * *"},
+        (403, 403, 201, 201, 404),
+        "maintainer",
+    ),
+    Route(
+        "patch",
+        "/api/projects/{slug}/schedules/{schedule_id}",
+        "/api/projects/shop/schedules/{schedule}",
+        {"enabled": False},
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "delete",
+        "/api/projects/{slug}/schedules/{schedule_id}",
+        "/api/projects/shop/schedules/{schedule}",
+        None,
+        (403, 403, 204, 204, 404),
+        "maintainer",
+    ),
+    # Notification targets (builds/notification_api.py): they hold credentials, so even
+    # reading them is the maintainers'.
+    Route(
+        "get",
+        "/api/projects/{slug}/notifications",
+        "/api/projects/shop/notifications",
+        None,
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "post",
+        "/api/projects/{slug}/notifications",
+        "/api/projects/shop/notifications",
+        {"name": "new", "kind": "email", "addresses": ["new@example.com"]},
+        (403, 403, 201, 201, 404),
+        "maintainer",
+    ),
+    Route(
+        "patch",
+        "/api/projects/{slug}/notifications/{target_id}",
+        "/api/projects/shop/notifications/{target}",
+        {"enabled": False},
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
+    Route(
+        "delete",
+        "/api/projects/{slug}/notifications/{target_id}",
+        "/api/projects/shop/notifications/{target}",
+        None,
+        (403, 403, 204, 204, 404),
+        "maintainer",
+    ),
+    Route(
+        "get",
+        "/api/projects/{slug}/notifications/deliveries",
+        "/api/projects/shop/notifications/deliveries",
+        None,
+        (403, 403, 200, 200, 404),
+        "maintainer",
+    ),
     Route(
         "post",
         "/api/builds",
@@ -262,8 +405,29 @@ def shop(db: None) -> tuple[Project, Build]:
     make_user("newbie")
     make_user(ACTORS["outsider"])
     build, _ = services.build_create(project=project, pipeline=PIPELINE, author=owner)
+    # A stored pipeline (for run), a successful deployment and one waiting for approval.
+    Project.objects.filter(pk=project.pk).update(pipeline=PIPELINE)
+    for state_now in (Deployment.State.SUCCESS, Deployment.State.WAITING):
+        deployed, _ = services.build_create(project=project, pipeline=DEPLOY, author=owner)
+        Deployment.objects.filter(build=deployed).update(state=state_now)
     secret_set(project=project, name="DEPLOY_TOKEN", value="deploy-value", user=owner)  # type: ignore[arg-type]
+    schedule_create(project=project, user=owner, cron="0 3 * * *")
+    notification_target_create(
+        project=project, name="leads", kind="email", addresses=["leads@example.com"]
+    )
     return project, build
+
+
+def shop_schedule() -> int | None:
+    return Schedule.objects.values_list("pk", flat=True).first()
+
+
+def shop_deployment(state: str) -> int | None:
+    return Deployment.objects.filter(state=state).values_list("pk", flat=True).first()
+
+
+def shop_target() -> int | None:
+    return NotificationTarget.objects.values_list("pk", flat=True).first()
 
 
 def user_named(name: str) -> Any:
@@ -279,6 +443,10 @@ def state() -> dict[str, Any]:
         "members": sorted(Membership.objects.values_list("user__username", "role")),
         "builds": list(Build.objects.values_list("id", "status", "cancel_requested")),
         "secrets": list(Secret.objects.values_list("name", "ciphertext", "events")),
+        "schedules": list(Schedule.objects.values_list("id", "cron", "enabled")),
+        "notifications": list(NotificationTarget.objects.values_list("id", "name", "enabled")),
+        "environments": list(Environment.objects.values_list("id", "protected", "approval")),
+        "deployments": sorted(Deployment.objects.values_list("id", "state")),
     }
 
 
@@ -291,7 +459,14 @@ def test_each_role_gets_what_it_may_do_and_a_refusal_changes_nothing(
     before = state()
 
     token_id = ApiToken.objects.get(digest=services.token_digest(token)).pk
-    url = route.url.format(build=build.pk, token=token_id)
+    url = route.url.format(
+        build=build.pk,
+        token=token_id,
+        schedule=shop_schedule(),
+        target=shop_target(),
+        deployment=shop_deployment(Deployment.State.SUCCESS),
+        waiting=shop_deployment(Deployment.State.WAITING),
+    )
     response = api_call(route.method, url, token, route.body)
 
     assert response.status_code == answer, response.content
@@ -355,7 +530,14 @@ def test_a_job_token_reads_its_own_build_and_is_refused_everything_else(
     token = access_tokens.issue_for_job(job, 60)
     before = state()
 
-    url = route.url.format(build=build.pk, token=1)
+    url = route.url.format(
+        build=build.pk,
+        token=1,
+        schedule=shop_schedule(),
+        target=shop_target(),
+        deployment=shop_deployment(Deployment.State.SUCCESS),
+        waiting=shop_deployment(Deployment.State.WAITING),
+    )
     response = api_call(route.method, url, token, route.body)
 
     if (route.method, route.path) in JOB_READS:

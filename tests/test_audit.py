@@ -111,6 +111,7 @@ def test_every_project_member_and_build_action_in_the_pages_is_recorded(
         "pipeline_path": "ci.yml",
         "auto_cancel": True,
         "public": False,
+        "pipeline": "",
     }
     assert only("member.add").details == {"member": "bob", "role": "viewer"}
     assert events("member.change")[0].details == {

@@ -14,7 +14,16 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from builds import services
-from builds.models import ApiToken, Build, Membership, Project, Role, Secret
+from builds.models import (
+    ApiToken,
+    Build,
+    Membership,
+    NotificationTarget,
+    Project,
+    Role,
+    Schedule,
+    Secret,
+)
 from tests.helpers import make_project, make_user
 from tests.queue_helpers import submit
 
@@ -57,6 +66,8 @@ def state() -> Any:
         list(Build.objects.order_by("pk").values_list("pk", "ref", "commit", "cancel_requested")),
         list(Secret.objects.order_by("pk").values_list("name", "ciphertext", "branches")),
         list(ApiToken.objects.order_by("pk").values_list("name", "expires_at")),
+        list(Schedule.objects.order_by("pk").values_list("cron", "timezone", "ref", "inputs")),
+        list(NotificationTarget.objects.order_by("pk").values_list("name", "url", "credentials")),
     )  # fmt: skip
 
 
@@ -172,6 +183,11 @@ FORMS = [
     ("/projects/web/secrets", {"name": "DEPLOY_TOKEN", "value": "long-enough-value",
                                "events": "push", "branches": "main"}),
     ("/account/tokens", {"name": "laptop", "scopes": "read", "expires_in_days": "30"}),
+    ("/projects/web/schedules", {"cron": "0 3 * * *", "timezone": "UTC", "ref": "main",
+                                 "inputs": "LEVEL=full", "description": "nightly"}),
+    ("/projects/web/notifications", {"name": "hook", "kind": "webhook", "when": "always",
+                                     "url": "https://hooks.example.com/goci",
+                                     "secret": "long-enough-key"}),
 ]  # fmt: skip
 FIELDS = [(url, field) for url, fields in FORMS for field in fields]
 
@@ -189,7 +205,7 @@ def test_a_nul_in_any_form_field_is_an_error_beside_it_and_changes_nothing(
     response = post_raw(client, url, body)
     assert response.status_code == 200, html(response)[:3000]
     page = html(response)
-    if field in ("role", "events", "scopes") or url.endswith("/transfer"):  # choices
+    if field in ("role", "events", "scopes", "kind", "when") or url.endswith("/transfer"):
         assert "Select a valid choice." in page or "Role of dora: choose a role." in page
     elif field == "expires_in_days":
         assert "Enter a whole number." in page

@@ -18,7 +18,21 @@ from django.test import Client
 
 from builds import services
 from builds.badges import urlpatterns as badge_urlpatterns
-from builds.models import ApiToken, Build, Membership, Project, Role, Secret, WebhookDelivery
+from builds.models import (
+    ApiToken,
+    Build,
+    Deployment,
+    Environment,
+    Membership,
+    NotificationTarget,
+    Project,
+    Role,
+    Schedule,
+    Secret,
+    WebhookDelivery,
+)
+from builds.notifications import notification_target_create
+from builds.schedules import schedule_create
 from builds.secrets import secret_set
 from builds.urls import urlpatterns
 from goci.audit.urls import urlpatterns as audit_urlpatterns
@@ -29,6 +43,7 @@ from tests.queue_helpers import submit
 pytestmark = pytest.mark.django_db
 
 PIPELINE = "steps:\n  - {name: hello, run: echo hello}\n"
+DEPLOY = "steps:\n  - {name: ship, environment: production, run: echo ship}\n"
 ROLES = ("viewer", "developer", "maintainer", "owner", "outsider")
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
@@ -90,6 +105,34 @@ CASES = [
          OWNERS_MEMBERSHIP),
     Case("project-member-remove", "post", "/projects/web/members/olga/remove", {},
          OWNERS_MEMBERSHIP),
+    # Schedules (builds/schedule_pages.py): members read them, maintainers change them.
+    Case("project-schedules", "get", "/projects/web/schedules", {}, READ),
+    Case("project-schedules", "post", "/projects/web/schedules",
+         {"cron": "0 4 * * *", "timezone": "UTC"}, MANAGE),
+    Case("project-schedule-toggle", "post", "/projects/web/schedules/{schedule}/toggle", {},
+         MANAGE),
+    Case("project-schedule-delete", "post", "/projects/web/schedules/{schedule}/delete", {},
+         MANAGE),
+    # Notification targets (builds/notification_pages.py) hold credentials: maintainers'.
+    Case("project-notifications", "get", "/projects/web/notifications", {}, MANAGE_GET),
+    Case("project-notifications", "post", "/projects/web/notifications",
+         {"name": "ops", "kind": "email", "when": "failures", "addresses": "ops@example.com"},
+         MANAGE),
+    Case("project-notification-delete", "post", "/projects/web/notifications/{target}/delete",
+         {}, MANAGE),
+    # Run a ref with inputs, environments and deployments (builds/deploy_pages.py).
+    Case("project-run-ref", "get", "/projects/web/run-ref", {},
+         ("developer", 200, 200, 200, 404)),
+    Case("project-run-ref", "post", "/projects/web/run-ref", {"ref": "main"}, RUN),
+    Case("project-environments", "get", "/projects/web/environments", {}, READ),
+    Case("environment-protect", "post", "/projects/web/environments/production/protect",
+         {"protected": "on"}, MANAGE),
+    Case("deployment-redeploy", "post", "/projects/web/deployments/{deployment}/redeploy", {},
+         RUN),
+    Case("deployment-approve", "post", "/projects/web/deployments/{waiting}/approve", {},
+         MANAGE),
+    Case("deployment-reject", "post", "/projects/web/deployments/{waiting}/reject", {},
+         MANAGE),
     Case("build", "get", "/builds/{build}/", {}, READ),
     Case("build-cancel", "post", "/builds/{build}/cancel", {}, RUN),
     Case("build-rerun", "post", "/builds/{build}/rerun", {}, RUN),
@@ -142,11 +185,41 @@ def world() -> dict[str, Any]:
         headers={"x-github-event": "ping"},
         body=b'{"zen": "Keep it logically awesome."}',
     )
-    return {"users": users, "build": build, "delivery": ping}
+    schedule = schedule_create(project=project, user=owner, cron="0 3 * * *")  # type: ignore[arg-type]
+    target = notification_target_create(
+        project=project,  # type: ignore[arg-type]
+        name="leads",
+        kind="email",
+        addresses=["leads@example.com"],
+    )
+    # A stored pipeline (for Run), a successful deployment (to redeploy) and one that
+    # waits for approval.
+    Project.objects.filter(pk=project.pk).update(pipeline=PIPELINE)  # type: ignore[attr-defined]
+    deployed = submit(project, DEPLOY)  # type: ignore[arg-type]
+    deployment = Deployment.objects.get(build=deployed)
+    Deployment.objects.filter(pk=deployment.pk).update(state=Deployment.State.SUCCESS)
+    waiting = Deployment.objects.get(build=submit(project, DEPLOY))  # type: ignore[arg-type]
+    Deployment.objects.filter(pk=waiting.pk).update(state=Deployment.State.WAITING)
+    return {
+        "users": users,
+        "build": build,
+        "deployment": deployment,
+        "waiting": waiting,
+        "delivery": ping,
+        "schedule": schedule,
+        "target": target,
+    }
 
 
 def url_of(case: Case, world: dict[str, Any]) -> str:
-    return case.url.format(build=world["build"].pk, delivery=world["delivery"].pk)
+    return case.url.format(
+        build=world["build"].pk,
+        delivery=world["delivery"].pk,
+        schedule=world["schedule"].pk,
+        target=world["target"].pk,
+        deployment=world["deployment"].pk,
+        waiting=world["waiting"].pk,
+    )
 
 
 def state() -> Any:
@@ -163,6 +236,10 @@ def state() -> Any:
         list(Secret.objects.order_by("pk").values_list("name", "ciphertext", "events")),
         list(ApiToken.objects.order_by("pk").values_list("pk", "revoked_at")),
         list(WebhookDelivery.objects.order_by("pk").values_list("pk", "outcome")),
+        list(Schedule.objects.order_by("pk").values_list("pk", "cron", "enabled")),
+        list(NotificationTarget.objects.order_by("pk").values_list("pk", "name", "enabled")),
+        list(Environment.objects.order_by("pk").values_list("pk", "protected", "approval")),
+        list(Deployment.objects.order_by("pk").values_list("pk", "state")),
     )
 
 

@@ -212,6 +212,7 @@ def test_every_key_is_read() -> None:
             retry: 3
             allow_failure: TRUE
             when: {branch: [main, release/*], event: push}
+            environment: {name: staging, url: https://staging.example.com}
           - run: make check
     """)
     pipeline = load(source)
@@ -235,6 +236,7 @@ def test_every_key_is_read() -> None:
         "when": {"branch": ("main", "release/*"), "event": ("push",), "path": None},
         "build": None,
         "ssh": None,
+        "environment": {"name": "staging", "url": "https://staging.example.com"},
     }
     assert check.image == "golang:1.22"  # the pipeline's image is every step's default
     assert check.env == {"A": "pipeline", "B": "pipeline"}
@@ -605,7 +607,6 @@ def test_unknown_key_far_from_any_known_key_has_no_suggestion() -> None:
         ("depends_on", "Goci calls this 'needs'"),
         ("commands", "Goci calls this 'run', one script with a command per line"),
         ("script", "Goci calls this 'run', one script with a command per line"),
-        ("environment", "Goci calls this 'env'"),
         ("variables", "Goci calls this 'env'"),
         ("container", "Goci calls this 'image'"),
         ("allow_failures", "Goci calls this 'allow_failure'"),
@@ -1113,6 +1114,7 @@ def test_every_key_in_the_schema_is_accepted_by_the_validator() -> None:
         "retry": "1",
         "allow_failure": "false",
         "when": "{event: push}",
+        "environment": "{name: production, url: 'https://app.example.com'}",
     }
     # `build` and `ssh` replace `run`, `shell`, `image` and `workdir`:
     # tests/test_pipeline_build.py and tests/test_pipeline_ssh.py.

@@ -11,6 +11,7 @@ from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandParser
 
 from builds.commit_status import StatusSender
+from builds.notifications import NotificationSender
 from builds.pipeline import parse_labels
 from goci import checks
 from runners.worker import Worker, persistent_connections
@@ -78,8 +79,11 @@ class Command(BaseCommand):
         # sends what this one queued.
         sender = StatusSender()
         sender.start()
+        notifier = NotificationSender()  # build and deploy news, the same way
+        notifier.start()
         try:
             worker.run()
         finally:
+            notifier.stop()
             sender.stop()
         self.stdout.write(f"worker {worker.name}: stopped")
