@@ -652,8 +652,8 @@ _SSH_KEYS: dict[str, tuple[str, _Schema]] = {
         _SECRET_NAME,
     ),
     "script": (
-        "Required. The commands run on the host with `sh -e`; may span lines. It gets none "
-        "of the step's environment.",
+        "Required. The commands run on the host with `sh -e`; may span lines. It gets the "
+        "step's plain `env` and Goci's variables, never a secret.",
         {**_TEXT, "minLength": 1},
     ),
     "connect_timeout": (

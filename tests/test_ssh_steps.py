@@ -250,3 +250,26 @@ def test_a_worker_deploys_with_the_projects_secrets_and_the_key_is_nowhere(
             for row in cursor.fetchall():
                 assert not any(line in repr(row) for line in key_lines), table
     assert not any(line in json.dumps(frames.messages) for line in key_lines)
+
+
+def test_the_script_gets_the_steps_env_and_gocis_variables_never_a_secret(
+    server: Sshd,
+) -> None:
+    text = deploy(
+        server,
+        'echo "v=$VERSION i=$GOCI_INPUT_VERSION s=${SECRET:-none}"\n'
+        'echo "t=${GOCI_JOB_TOKEN:-none} q=$QUOTED"',
+    )
+    text = text.replace(
+        "  - name: deploy\n",
+        '  - name: deploy\n    env:\n      VERSION: v1\n      QUOTED: "it\'s $HOME"\n'
+        "      SECRET: {from_secret: api_token}\n",
+    )
+    pipeline = with_secret_values(
+        load(text, "test.yml"), {**secrets(server), "API_TOKEN": "s3cret-value"}
+    )
+    recorder = Recorder()
+    extra = {"GOCI_INPUT_VERSION": "v2", "GOCI_JOB_TOKEN": "job-token-value"}
+    Engine(pipeline, ByImage(None, None, None, SshExecutor()), recorder, env=extra).run()
+    assert recorder.results["deploy"].status == Status.SUCCESS
+    assert recorder.text("deploy") == ["v=v1 i=v2 s=none", "t=none q=it's $HOME"]

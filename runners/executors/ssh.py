@@ -4,7 +4,8 @@ The worker or runner connects with the private key of the step's `key_secret`, h
 in memory only (never a file, never a container, never the log), checks the host's
 key against the lines of its `known_hosts_secret` and refuses an unknown or changed
 one, then runs the script with `sh -e` there (sent on stdin into a temporary file
-there, run with an empty stdin), its stdout and stderr together as
+there, run with an empty stdin; its first lines export the step's plain `env` and
+Goci's variables, never a secret), its stdout and stderr together as
 the step's log, and ends the step with the script's exit code. Nothing of this
 machine's SSH setup is used: no agent, no ~/.ssh key, no known_hosts file.
 
@@ -137,7 +138,8 @@ def _run(client: Any, spec: SshScript, run: StepRun, deadline: float | None) -> 
     channel = client.get_transport().open_session(timeout=spec.connect_timeout)
     channel.set_combine_stderr(True)  # one stream: the order of both is kept
     channel.exec_command(f"sh -c {shlex.quote(_WRAPPER)}")
-    channel.sendall(spec.script.encode("utf-8", "surrogateescape"))
+    script = exports(run) + spec.script
+    channel.sendall(script.encode("utf-8", "surrogateescape"))
     channel.shutdown_write()
     channel.settimeout(POLL)
     while True:
@@ -156,6 +158,24 @@ def _run(client: Any, spec: SshScript, run: StepRun, deadline: float | None) -> 
     if code < 0:
         return StepOutcome(error=f"the script on {spec.host} ended without an exit code")
     return StepOutcome(exit_code=code)
+
+
+# Never sent to the host: a job token is this server's credential, not the host's.
+NOT_EXPORTED = ("GOCI_JOB_TOKEN",)
+
+
+def exports(run: StepRun) -> str:
+    """`export NAME='value'` lines that open the script there: the step's plain `env`
+    and Goci's variables (GOCI_INPUT_*, GOCI_COMMIT_SHA, ...), never a secret (a
+    `from_secret` variable) nor the job token."""
+    names = [
+        name
+        for name in run.env
+        if (name in run.step.env or name.startswith("GOCI_"))
+        and name not in run.step.secret_env
+        and name not in NOT_EXPORTED
+    ]
+    return "".join(f"export {name}={shlex.quote(run.env[name])}\n" for name in sorted(names))
 
 
 def _known_hosts(paramiko: Any, text: str) -> dict[str, dict[str, Any]]:
