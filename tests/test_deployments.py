@@ -443,3 +443,49 @@ def test_another_projects_deployment_is_a_404() -> None:
     ):
         assert api_call("post", path, token).status_code == 404, path
     assert api_call("get", "/api/projects/shop/environments", token).status_code == 404
+
+
+def test_a_push_whose_pipeline_deploys_is_recorded_when_its_pipeline_is_read(
+    server: GitServer,
+) -> None:
+    repo = server.repo("shop")
+    pipeline = "steps:\n  - name: ship\n    environment: staging\n    run: echo shipped\n"
+    commit = repo.commit({".goci.yml": pipeline}, "one")
+    project = make_project("shop")
+    Project.objects.filter(pk=project.pk).update(repo_url=server.url(repo))
+    project.refresh_from_db()
+    build, _ = services.build_create(
+        project=project, pipeline="", commit=commit, ref="refs/heads/main", trigger="push"
+    )
+    assert not Deployment.objects.exists()  # its pipeline is not known yet
+    build = run_one(build)
+    assert build.status == Status.SUCCESS
+    deployment = Deployment.objects.get()
+    assert (deployment.environment.name, deployment.state, deployment.commit) == (
+        "staging",
+        "success",
+        commit,
+    )
+
+
+def test_a_push_cannot_wait_for_a_protected_environment_and_says_what_to_do(
+    server: GitServer,
+) -> None:
+    repo = server.repo("shop")
+    pipeline = "steps:\n  - name: ship\n    environment: production\n    run: echo shipped\n"
+    commit = repo.commit({".goci.yml": pipeline}, "one")
+    project = make_project("shop")
+    Project.objects.filter(pk=project.pk).update(repo_url=server.url(repo))
+    Environment.objects.create(project=project, name="production", protected=True)
+    project.refresh_from_db()
+    build, _ = services.build_create(
+        project=project, pipeline="", commit=commit, ref="refs/heads/main", trigger="push"
+    )
+    build = run_one(build)
+    assert build.status == Status.ERROR
+    clone = lines(build, "clone")
+    assert any(
+        "production is a protected environment: its deployments wait for a maintainer" in line
+        for line in clone
+    ), clone
+    assert not Deployment.objects.exists()
