@@ -489,3 +489,27 @@ def test_a_push_cannot_wait_for_a_protected_environment_and_says_what_to_do(
         for line in clone
     ), clone
     assert not Deployment.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("patch", "/api/projects/shop/environments/a%00b", {"protected": True}),
+        ("patch", "/api/projects/shop/environments/%ED%A0%80", {"protected": True}),
+        ("patch", "/api/projects/shop/environments/" + "x" * 5000, {"protected": True}),
+        ("patch", "/api/projects/shop/environments/prod", {"protected": "x" * 10_000_000}),
+        ("patch", "/api/projects/shop/environments/prod", {"protected": 10**30}),
+        ("patch", "/api/projects/shop/environments/prod", {"colour": "red"}),
+        ("get", "/api/projects/shop/environments/a%00b/deployments", None),
+        ("post", f"/api/projects/shop/deployments/{10**30}/approve", None),
+        ("post", f"/api/projects/shop/deployments/{10**30}/redeploy", None),
+    ],
+)
+def test_hostile_environment_and_deployment_requests_are_4xx_json(
+    method: str, path: str, body: Any
+) -> None:
+    project = stored()
+    answer = api_call(method, path, make_token(owner(project)), body)
+    assert 400 <= answer.status_code < 500, answer.content[:300]
+    assert answer["Content-Type"].startswith("application/json")
+    assert not Environment.objects.exists()

@@ -30,6 +30,7 @@ from tests.queue_helpers import submit
 pytestmark = pytest.mark.django_db
 
 PIPELINE = "steps:\n  - {name: hello, run: echo hello}\n"
+WITH_INPUT = "inputs: {version: {default: latest}}\nsteps:\n  - {name: hello, run: echo hi}\n"
 HTMX = {"HTTP_HX_REQUEST": "true"}
 # U+DC80 (a lone surrogate) as WTF-8 bytes, which no UTF-8 decoder accepts, and a
 # lone continuation byte.
@@ -51,6 +52,8 @@ def client(ann: User) -> Client:
     project = make_project(ann, "web")
     services.member_add(project=project, user=make_user("dora"), role=Role.DEVELOPER)  # type: ignore[arg-type]
     submit(project, PIPELINE)  # type: ignore[arg-type]
+    # What Run runs (builds/deploy_pages.py), with an input to fill.
+    Project.objects.filter(slug="web").update(pipeline=WITH_INPUT)
     return client
 
 
@@ -183,6 +186,7 @@ FORMS = [
     ("/projects/web/secrets", {"name": "DEPLOY_TOKEN", "value": "long-enough-value",
                                "events": "push", "branches": "main"}),
     ("/account/tokens", {"name": "laptop", "scopes": "read", "expires_in_days": "30"}),
+    ("/projects/web/run-ref", {"ref": "main", "input_version": "v1"}),
     ("/projects/web/schedules", {"cron": "0 3 * * *", "timezone": "UTC", "ref": "main",
                                  "inputs": "LEVEL=full", "description": "nightly"}),
     ("/projects/web/notifications", {"name": "hook", "kind": "webhook", "when": "always",
