@@ -317,21 +317,24 @@ def run_due(now: datetime | None = None) -> int:
 
 
 def _run(schedule: Schedule, now: datetime) -> bool:
+    """Start the schedule's due run, at most once whatever the processes do: the build
+    is queued with the idempotency key of (schedule, due time) first, so every process
+    that gets here for that due time finds the same build, then next_run_at moves on
+    by compare-and-swap. A process that dies between the two leaves the schedule due,
+    and the next one finds the build made and moves it on: no run is lost or doubled."""
     seen = schedule.next_run_at
     assert seen is not None  # filtered on next_run_at <= now
+    mine = Schedule.objects.filter(pk=schedule.pk, enabled=True, next_run_at=seen)
+    if not mine.exists():  # another process moved it on meanwhile, or it was changed
+        return False
     # One run for every time missed: the latest one (e.g. after downtime).
     due_at = max(seen, latest_due(schedule, now) or seen)
-    following = next_after(schedule, now)
-    claimed = Schedule.objects.filter(pk=schedule.pk, enabled=True, next_run_at=seen).update(
-        next_run_at=following, last_run_at=due_at
-    )
-    if not claimed:  # another process claimed it, or it was changed or disabled meanwhile
-        return False
     key = f"schedule:{schedule.pk}:{due_at.isoformat()}"
     project = schedule.project
     origin = context.Origin(
         via=context.CLI, user=schedule.created_by, name=f"schedule {schedule.pk}"
     )
+    build, error = None, ""
     try:
         with context.acting(origin):
             build = services.run_pipeline(
@@ -347,11 +350,16 @@ def _run(schedule: Schedule, now: datetime) -> bool:
         log.warning(
             "schedule %s of %s: run of %s not started: %s", schedule.pk, project.slug, due_at, error
         )
-        Schedule.objects.filter(pk=schedule.pk).update(last_error=error)
-        return False
-    log.info("schedule %s of %s: build #%s for %s", schedule.pk, project.slug, build.number, due_at)
-    Schedule.objects.filter(pk=schedule.pk).update(last_build=build, last_error="")
-    return True
+    # A run that could not start waits for the next due time, as one that did.
+    fields: dict[str, object] = {"last_run_at": due_at, "last_error": error}
+    if build is not None:
+        fields["last_build"] = build
+    claimed = mine.update(next_run_at=next_after(schedule, now), **fields)
+    if claimed and build is not None:
+        log.info(
+            "schedule %s of %s: build #%s for %s", schedule.pk, project.slug, build.number, due_at
+        )
+    return bool(claimed and build is not None)
 
 
 def _error_text(exc: Exception) -> str:

@@ -210,6 +210,26 @@ def test_each_due_time_starts_one_cron_build_of_the_default_branch(
     assert schedule.last_error == ""
 
 
+def test_a_process_that_died_after_queueing_the_build_loses_no_run_and_doubles_none(
+    project: Project, owner: Any
+) -> None:
+    schedule = due_at(make_schedule(project, owner), at("2026-05-01T10:00:00"))
+    # Another process queued the due run's build, then died before moving the schedule on.
+    services.run_pipeline(
+        project=project,
+        ref="",
+        inputs={},
+        trigger=Build.Trigger.CRON,
+        author=owner,
+        idempotency_key=f"schedule:{schedule.pk}:2026-05-01T10:00:00+00:00",
+    )
+    schedules.run_due(at("2026-05-01T10:00:20"))
+    [build] = cron_builds(project)
+    schedule.refresh_from_db()
+    assert schedule.next_run_at == at("2026-05-01T10:01:00")
+    assert schedule.last_build == build
+
+
 def test_a_schedule_runs_its_ref_with_its_inputs(project: Project, owner: Any) -> None:
     due_at(make_schedule(project, owner, ref="release"), at("2026-05-01T10:00:00"))
     assert schedules.run_due(at("2026-05-01T10:00:00")) == 1

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from builds.commit_status import StatusSender
 from builds.notifications import NotificationSender
 from builds.pipeline import parse_labels
+from builds.schedules import Scheduler
 from goci import checks
 from runners.worker import Worker, persistent_connections
 
@@ -81,9 +82,15 @@ class Command(BaseCommand):
         sender.start()
         notifier = NotificationSender()  # build and deploy news, the same way
         notifier.start()
+        # Schedules start their builds from every server process and every worker (a
+        # deployment with daphne and workers has no `goci up`); each due run starts
+        # once whichever claims it (builds/schedules.py).
+        scheduler = Scheduler()
+        scheduler.start()
         try:
             worker.run()
         finally:
+            scheduler.stop()
             notifier.stop()
             sender.stop()
         self.stdout.write(f"worker {worker.name}: stopped")
