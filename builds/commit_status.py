@@ -29,14 +29,13 @@ import random
 import re
 import socket
 import ssl
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import quote, urlsplit
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.urls import reverse
 from django.utils import timezone
@@ -45,6 +44,7 @@ from builds import services
 from builds.clone_urls import CloneUrlRefused, host_listed, resolve_allowed
 from builds.models import Build, CommitStatus, Project
 from builds.secrets import FORGE_TOKEN, SecretError, secret_for_goci
+from goci.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -424,55 +424,27 @@ def next_due_in(now: datetime | None = None) -> float | None:
     return max((first[0] - now).total_seconds(), 0.0)
 
 
-class StatusSender:
+class StatusSender(Background):
     """A daemon thread that sends due commit statuses until stop(): woken by
     services.commit_status_due in this process, and looking every `poll` seconds (and
     when a retry falls due) for those queued elsewhere."""
 
+    name = "goci-status"
+    what = "commit statuses"
+
     def __init__(self, poll: float = POLL) -> None:
-        self.poll = poll
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(poll, STOP_WAIT, services.commit_status_due)
 
-    def start(self) -> None:
-        services.commit_status_due.connect(self.wake)
-        self._thread = threading.Thread(target=self._run, name="goci-status", daemon=True)
-        self._thread.start()
+    def work(self) -> None:
+        self.send_due()
 
-    def stop(self, timeout: float = STOP_WAIT) -> None:
-        """Stop after the status being sent, if any (at most `timeout` seconds)."""
-        services.commit_status_due.disconnect(self.wake)
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self, **_: object) -> None:
-        self._wake.set()
+    def next_due(self) -> float | None:
+        return next_due_in()
 
     def send_due(self) -> int:
         """Send every row due now, one after another; how many were tried."""
         count = 0
-        while not self._stopping.is_set() and (row := claim()) is not None:
+        while not self.stopping and (row := claim()) is not None:
             send(row)
             count += 1
         return count
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                close_old_connections()
-                wait = self.poll
-                try:
-                    self.send_due()
-                    due = next_due_in()
-                    if due is not None:
-                        wait = min(max(due, 0.05), self.poll)
-                except Exception:  # a database outage: look again later
-                    log.warning("commit statuses: could not read the outbox", exc_info=True)
-                    connection.close()
-                self._wake.wait(wait)
-                self._wake.clear()
-        finally:
-            connection.close()

@@ -29,7 +29,6 @@ import json
 import logging
 import re
 import smtplib
-import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,7 +39,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -66,6 +65,7 @@ from builds.models import (
 )
 from builds.secrets import decrypt, encrypt
 from goci import audit
+from goci.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -729,55 +729,27 @@ def next_due_in(now: datetime | None = None) -> float | None:
     return max((first - now).total_seconds(), 0.0)
 
 
-class NotificationSender:
+class NotificationSender(Background):
     """A daemon thread that sends due notifications until stop(): woken by
     notification_due in this process, and looking every `poll` seconds (and when a
     retry falls due) for those queued elsewhere."""
 
+    name = "goci-notify"
+    what = "notifications"
+
     def __init__(self, poll: float = POLL) -> None:
-        self.poll = poll
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(poll, STOP_WAIT, notification_due)
 
-    def start(self) -> None:
-        notification_due.connect(self.wake)
-        self._thread = threading.Thread(target=self._run, name="goci-notify", daemon=True)
-        self._thread.start()
+    def work(self) -> None:
+        self.send_due()
 
-    def stop(self, timeout: float = STOP_WAIT) -> None:
-        """Stop after the message being sent, if any (at most `timeout` seconds)."""
-        notification_due.disconnect(self.wake)
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self, **_: object) -> None:
-        self._wake.set()
+    def next_due(self) -> float | None:
+        return next_due_in()
 
     def send_due(self) -> int:
         """Send every row due now, one after another; how many were tried."""
         count = 0
-        while not self._stopping.is_set() and (row := claim()) is not None:
+        while not self.stopping and (row := claim()) is not None:
             send(row)
             count += 1
         return count
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                close_old_connections()
-                wait = self.poll
-                try:
-                    self.send_due()
-                    due = next_due_in()
-                    if due is not None:
-                        wait = min(max(due, 0.05), self.poll)
-                except Exception:  # a database outage: look again later
-                    log.warning("notifications: could not read the outbox", exc_info=True)
-                    connection.close()
-                self._wake.wait(wait)
-                self._wake.clear()
-        finally:
-            connection.close()

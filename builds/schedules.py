@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import math
-import threading
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -31,13 +30,13 @@ from typing import Any
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 from django.contrib.auth.models import User
-from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from builds import services
 from builds.models import Build, Project, Schedule
 from goci import audit
 from goci.audit import context
+from goci.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -381,45 +380,20 @@ def next_due_in(now: datetime | None = None) -> float | None:
     return max((first - now).total_seconds(), 0.0)
 
 
-class Scheduler:
-    """A daemon thread of each server process that starts due runs until stop():
-    it wakes at the next due time, and looks every `poll` seconds for schedules made or
-    changed elsewhere. Several processes racing for a run are settled by run_due."""
+class Scheduler(Background):
+    """A daemon thread of each server process and worker that starts due runs until
+    stop(): it wakes at the next due time, and looks every `poll` seconds for schedules
+    made or changed elsewhere. Several processes racing for a run are settled by
+    run_due."""
+
+    name = "goci-scheduler"
+    what = "schedules"
 
     def __init__(self, poll: float = POLL) -> None:
-        self.poll = poll
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(poll, STOP_WAIT)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="goci-scheduler", daemon=True)
-        self._thread.start()
+    def work(self) -> None:
+        run_due()
 
-    def stop(self, timeout: float = STOP_WAIT) -> None:
-        """Stop after the run being started, if any (at most `timeout` seconds)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self, **_: object) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                close_old_connections()
-                wait = self.poll
-                try:
-                    run_due()
-                    due = next_due_in()
-                    if due is not None:
-                        wait = min(max(due, 0.05), self.poll)
-                except Exception:  # a database outage: look again later
-                    log.warning("schedules: could not read them", exc_info=True)
-                    connection.close()
-                self._wake.wait(wait)
-                self._wake.clear()
-        finally:
-            connection.close()
+    def next_due(self) -> float | None:
+        return next_due_in()

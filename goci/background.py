@@ -1,0 +1,78 @@
+"""A daemon thread beside the server or a worker that does some work when it falls
+due: send commit statuses (builds/commit_status.py), notifications
+(builds/notifications.py), start schedules' runs (builds/schedules.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.db import close_old_connections, connection
+from django.dispatch import Signal
+
+log = logging.getLogger(__name__)
+
+
+class Background:
+    """Runs `work()` until stop(): when woken (wake(), or `signal` sent in this process),
+    when `next_due()` says something falls due, and every `poll` seconds for what other
+    processes queued. A failure (a database outage) is logged, and looked at again
+    after `poll`. Subclasses name the thread and say what they do."""
+
+    name = "goci-background"
+    what = "background work"  # for the log: "<what>: could not run"
+
+    def __init__(self, poll: float, stop_wait: float, signal: Signal | None = None) -> None:
+        self.poll = poll
+        self.stop_wait = stop_wait
+        self.signal = signal
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+    def next_due(self) -> float | None:
+        """Seconds until something falls due (0: now), or None if nothing is known."""
+        return None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        if self.signal is not None:
+            self.signal.connect(self.wake)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the piece of work under way, if any (at most `timeout` seconds)."""
+        if self.signal is not None:
+            self.signal.disconnect(self.wake)
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(self.stop_wait if timeout is None else timeout)
+
+    def wake(self, **_: object) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                close_old_connections()
+                wait = self.poll
+                try:
+                    self.work()
+                    due = self.next_due()
+                    if due is not None:
+                        wait = min(max(due, 0.05), self.poll)
+                except Exception:  # a database outage: look again later
+                    log.warning("%s: could not run", self.what, exc_info=True)
+                    connection.close()
+                self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            connection.close()
