@@ -5,17 +5,13 @@ blocks nor fails a build."""
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ from builds.secrets import FORGE_TOKEN, secret_set
 from runners import queue
 from runners.queue import job_claim
 from runners.worker import Worker
+from tests.http_recorder import Recorder, http_recorder
 from tests.queue_helpers import make_project, require_postgres, start_worker, wait_for
 
 # The sender runs in its own thread, with its own connection: it must see what the
@@ -51,27 +48,9 @@ PUBLIC = "https://ci.example.com"
 PIPELINE = "steps: [{name: hello, run: 'echo hello'}]"
 
 
-@dataclass
-class Call:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
-
-
-@dataclass
-class Forge:
+class Forge(Recorder):
     """A forge's status API on 127.0.0.1: records every call, answers with the next
     of `answers` (then 201)."""
-
-    server: ThreadingHTTPServer
-    calls: list[Call] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
 
     def url(self, path: str = "owner/repo") -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
@@ -82,33 +61,8 @@ class Forge:
 
 @pytest.fixture
 def forge() -> Iterator[Forge]:
-    recorder: Forge
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            recorder.calls.append(
-                Call("POST", self.path, dict(self.headers.items()), body, time.monotonic())
-            )
-            status = recorder.answers.pop(0) if recorder.answers else 201
-            answer = json.dumps({"message": f"answered {status}"}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    recorder = Forge(server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield recorder
-    server.shutdown()
-    server.server_close()
+    with http_recorder(201, lambda status, path: {"message": f"answered {status}"}, Forge) as f:
+        yield f
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -43,6 +40,7 @@ from goci.audit.models import AuditEvent
 from runners import queue
 from runners.queue import job_claim
 from tests.helpers import api_call, make_token, make_user
+from tests.http_recorder import Recorder, http_recorder
 from tests.queue_helpers import make_project, submit, wait_for
 
 PUBLIC = "https://ci.example.com"
@@ -55,58 +53,14 @@ BOT_TOKEN = "123456:AAbotsecretZZ9yx8wv7ut6sr5qp4on3"  # noqa: S105
 CHAT = "-1001234567"
 
 
-@dataclass
-class Call:
-    path: str
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.raw)
-
-
-@dataclass
-class Receiver:
-    """Records every POST; answers with the next of `answers` (then 200), echoing the
-    path it was sent to (as a careless server might: the bot token is in it)."""
-
-    server: ThreadingHTTPServer
-    calls: list[Call] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+Receiver = Recorder
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    recorder: Receiver
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
-            recorder.calls.append(Call(self.path, dict(self.headers.items()), raw))
-            status = recorder.answers.pop(0) if recorder.answers else 200
-            answer = json.dumps({"ok": status == 200, "path": self.path}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    recorder = Receiver(server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield recorder
-    server.shutdown()
-    server.server_close()
+    # It echoes the path it was sent to, as a careless server might: the bot token is in it.
+    with http_recorder(200, lambda status, path: {"ok": status == 200, "path": path}) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -6,12 +6,9 @@ audit log has each step. Its own `goci up`, git server, sshd and recorder."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import screenshot, sign_in
 from tests.git_server import git_server
+from tests.http_recorder import Recorder, http_recorder
 from tests.sshd import sshd
 from tests.test_up import PASSWORD, Up, free_port, manage
 
@@ -28,41 +26,11 @@ BOT_TOKEN = "424242:AAstoryBotToken_x9-abcdefgh"  # noqa: S105
 CHAT = "-100777"
 
 
-class Recorder:
-    """Slack's incoming webhook and Telegram's Bot API, as far as Goci uses them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                recorder.calls.append((self.path, json.loads(body)))
-                answer = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self, path: str, key: str) -> list[str]:
-        return [str(body.get(key, "")) for got, body in self.calls if got.startswith(path)]
-
-
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    running = Recorder()
-    yield running
-    running.server.shutdown()
-    running.server.server_close()
+    """Slack's incoming webhook and Telegram's Bot API, as far as Goci uses them."""
+    with http_recorder() as running:
+        yield running
 
 
 def pipeline(record: Path, port: int) -> str:
@@ -133,7 +101,7 @@ def test_auto_deploy_story(
         # The story's server: clones and notifications may reach 127.0.0.1, Telegram's
         # API is the recorder, and links in the news point at this server.
         monkeypatch.setenv("GOCI_CLONE_ALLOWED_HOSTS", "127.0.0.1")
-        monkeypatch.setenv("GOCI_TELEGRAM_API", recorder.url)
+        monkeypatch.setenv("GOCI_TELEGRAM_API", recorder.base)
         monkeypatch.setenv("GOCI_PUBLIC_URL", f"http://127.0.0.1:{port}")
         up = Up(data_dir, port)
         try:
@@ -153,7 +121,7 @@ def test_auto_deploy_story(
                 f"secret_set(project=p, name='SSH_KNOWN_HOSTS', value={host.known_hosts!r}, "
                 "user=admin)\n"
                 "notification_target_create(project=p, name='team', kind='slack', "
-                f"credentials={{'url': {recorder.url + '/slack/T1/B2/x'!r}}}, "
+                f"credentials={{'url': {recorder.base + '/slack/T1/B2/x'!r}}}, "
                 "when='never', deployments=True)\n"
                 "notification_target_create(project=p, name='bot', kind='telegram', "
                 f"credentials={{'token': {BOT_TOKEN!r}, 'chat_id': {CHAT!r}}}, "
@@ -192,12 +160,12 @@ def test_auto_deploy_story(
             assert first[:12] in current.text_content()
 
             # Slack and Telegram heard about each deployment (and Telegram each build).
-            wait(lambda: len(recorder.texts("/slack/", "text")) >= 3, "Slack's messages")
-            wait(lambda: len(recorder.texts(f"/bot{BOT_TOKEN}/", "text")) >= 6, "Telegram's")
-            slack = recorder.texts("/slack/", "text")
+            wait(lambda: len(recorder.bodies("/slack/")) >= 3, "Slack's messages")
+            wait(lambda: len(recorder.bodies(f"/bot{BOT_TOKEN}/")) >= 6, "Telegram's")
+            slack = [body["text"] for body in recorder.bodies("/slack/")]
             assert all("production" in text for text in slack), slack
-            chats = [body["chat_id"] for got, body in recorder.calls if got.startswith("/bot")]
-            assert set(chats) == {CHAT}
+            telegram = recorder.bodies(f"/bot{BOT_TOKEN}/sendMessage")
+            assert {body["chat_id"] for body in telegram} == {CHAT}
 
             # The audit log has each step.
             actions = manage(
