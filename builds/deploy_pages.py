@@ -131,9 +131,7 @@ def project_run_ref(request: HttpRequest, slug: str) -> HttpResponse:
                 field = FIELD + name
                 form.add_error(field if field in form.fields else None, f"{name}: {message}")
         except (services.InvalidRequest, refs.RefError, PipelineError) as error:
-            form.add_error(None, str(error))
-        except deployments.Refused as error:
-            form.add_error(None, str(error))
+            form.add_error(None, str(error))  # a protected environment's refusal too
         else:
             return _redirect(request, reverse("builds:build", args=[build.pk]))
     return render(
@@ -191,7 +189,7 @@ def deployment_redeploy(request: HttpRequest, slug: str, deployment_id: int) -> 
     deployment = _deployment(project, deployment_id)
     try:
         build = deployments.redeploy(deployment=deployment, user=_user(request))
-    except (deployments.Refused, services.InvalidRequest, PipelineError) as error:
+    except (services.InvalidRequest, PipelineError) as error:
         messages.error(request, str(error))
         return _back(request, project, deployment)
     return _redirect(request, reverse("builds:build", args=[build.pk]))

@@ -30,6 +30,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from builds import access
+from builds.errors import InvalidRequest
 from builds.models import (
     FINISHED,
     Build,
@@ -48,8 +49,9 @@ State = Deployment.State
 OPEN = (State.WAITING, State.QUEUED, State.RUNNING)
 
 
-class Refused(ValueError):
-    """A deployment cannot be done, approved or rejected so; the message says why.
+class Refused(InvalidRequest):
+    """A deployment cannot be done, approved or rejected so; the message says why
+    (an InvalidRequest, which every form and API route that queues a build shows).
     `status`: 403 when the person may not, 409 when the deployment's state does not
     allow it."""
 

@@ -23,7 +23,7 @@ from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
-from builds import deployments
+from builds import deployments, errors
 from builds.clone_urls import clone_url_problem
 from builds.models import (
     CELL_POSITIONS,
@@ -59,9 +59,8 @@ log = logging.getLogger(__name__)
 QUEUE_CHANNEL = "goci_queue"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-
-class InvalidRequest(ValueError):
-    """A request that cannot be accepted as it is; the message says what to fix."""
+# A request that cannot be accepted as it is; the message says what to fix.
+InvalidRequest = errors.InvalidRequest
 
 
 TOKEN_PREFIX = "goci_"  # noqa: S105  (a public prefix, not a secret)

@@ -334,10 +334,7 @@ def build_plan(
         job = Job.objects.select_related("build__project", "build__author").get(pk=job_id)
         Build.objects.filter(pk=job.build_id).update(pipeline=pipeline)
         job.build.pipeline = pipeline
-        try:
-            deployments.record_at_plan(job, parsed)
-        except deployments.Refused as error:
-            raise InvalidRequest(str(error)) from error
+        deployments.record_at_plan(job, parsed)  # Refused: an InvalidRequest
         job.steps.exclude(name=CHECKOUT_STEP).delete()  # a retried attempt plans again
         if parsed.matrix:
             create_cell_jobs(job.build, parsed, checkout=True, first=job)

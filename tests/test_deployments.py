@@ -513,3 +513,21 @@ def test_hostile_environment_and_deployment_requests_are_4xx_json(
     assert 400 <= answer.status_code < 500, answer.content[:300]
     assert answer["Content-Type"].startswith("application/json")
     assert not Environment.objects.exists()
+
+
+def test_a_developer_is_told_on_the_pages_that_only_maintainers_deploy_there() -> None:
+    project = stored()
+    dev = member(project, "dev", Role.DEVELOPER)
+    build = services.run_pipeline(
+        project=project, ref="", inputs={}, trigger="manual", author=owner(project)
+    )
+    Environment.objects.filter(name="production").update(protected=True)
+    client = Client()
+    client.force_login(dev)
+    rerun = client.post(f"/builds/{build.pk}/rerun", follow=True)
+    assert rerun.status_code == 200
+    assert "production is a protected environment" in rerun.content.decode()
+    pasted = client.post("/projects/shop/run", {"pipeline": DEPLOY})
+    assert pasted.status_code == 200
+    assert "only maintainers may deploy to it" in pasted.content.decode()
+    assert Build.objects.count() == 1
