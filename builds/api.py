@@ -394,6 +394,9 @@ class BuildOut(Schema):
     message: str
     author: str | None = Field(description="The username, or null.")
     env: dict[str, str]
+    inputs: dict[str, str] = Field(
+        description="The values of the pipeline's `inputs:` it ran with (GOCI_INPUT_<NAME>)."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

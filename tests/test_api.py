@@ -50,6 +50,7 @@ BUILD_KEYS = {
     "message",
     "author",
     "env",
+    "inputs",
     "created_at",
     "started_at",
     "finished_at",

@@ -81,6 +81,7 @@ def test_run_with_inputs_gives_steps_goci_input_variables() -> None:
     assert answer.status_code == 201, answer.content
     body = answer.json()
     assert body["trigger"] == "manual"
+    assert body["inputs"] == {"version": "v1.2.3", "level": "high", "dry-run": "true"}
     build = Build.objects.get(pk=body["id"])
     assert build.inputs == {"version": "v1.2.3", "level": "high", "dry-run": "true"}
     build = run_one(build)
