@@ -49,6 +49,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_oauth.py
 	$(PY) bench/bench_images.py
+	$(PY) bench/bench_deliver.py
 
 fmt: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .
