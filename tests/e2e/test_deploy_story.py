@@ -166,6 +166,12 @@ def test_auto_deploy_story(
             assert all("production" in text for text in slack), slack
             telegram = recorder.bodies(f"/bot{BOT_TOKEN}/sendMessage")
             assert {body["chat_id"] for body in telegram} == {CHAT}
+            # Each delivery is listed on the project, none with an error.
+            page.goto("/projects/app/notifications")
+            deliveries = page.text_content("body")
+            assert BOT_TOKEN not in deliveries
+            assert "sent" in deliveries
+            screenshot(page, "notifications")
 
             # The audit log has each step.
             actions = manage(
