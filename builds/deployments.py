@@ -22,6 +22,7 @@ transaction), and its state follows the build:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -104,34 +105,16 @@ def record(build: Build, parsed: Pipeline, *, rollback_of: Deployment | None = N
 
 def record_at_plan(job: Job, parsed: Pipeline) -> None:
     """Record the deployments of a build whose pipeline was read only at checkout (a
-    push's), in build_plan's transaction: its job already runs, so it cannot wait in
-    the queue any more. Refused if one would wait for an approval or for another
-    deployment of its environment (the message says what to do instead)."""
+    push's), in build_plan's transaction, and start them if they may go now. If one
+    must wait (an approval, another deployment), its job is handed back by the worker
+    or runner (queue.plan_held) and claimed again when it may go."""
     build = job.build
     Deployment.objects.filter(build=build).delete()  # a retried attempt plans again
     record(build, parsed)
-    for deployment in build.deployments.select_related("environment"):
-        if deployment.state == State.WAITING:
-            raise Refused(
-                f"{deployment.environment.name} is a protected environment: its deployments "
-                "wait for a maintainer, and a build whose pipeline is read at checkout "
-                "cannot wait; deploy it from the project's Run form or with "
-                f"POST /api/projects/{build.project.slug}/run"
-            )
-    try:
+    if build.deployments.filter(state=State.WAITING).exists():
+        return
+    with contextlib.suppress(Busy):
         start(job, timezone.now())
-    except Busy:
-        other = Deployment.objects.filter(
-            environment__in=build.deployments.values("environment"), state=State.RUNNING
-        ).exclude(build=build)
-        names = ", ".join(
-            f"#{number} to {name}"
-            for number, name in other.values_list("build__number", "environment__name")
-        )
-        raise Refused(
-            f"another deployment runs ({names}), and a build whose pipeline is read at "
-            "checkout cannot wait for it: rerun this build once it has finished"
-        ) from None
 
 
 def held_jobs() -> Q:

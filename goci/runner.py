@@ -52,6 +52,7 @@ from runners.checkout import (
     CheckoutError,
     Credentials,
     handed_back_line,
+    held_back_line,
     read_pipeline,
 )
 from runners.engine import BuildResult, Engine, Executor, StepResult
@@ -853,7 +854,7 @@ class Runner:
             cancel.set()
         reporter.step_started(clone, 1)
         error: str | None = None
-        missing: list[str] = []
+        back: bytes | None = None  # the line that says why the job goes back
         try:
             if clone_info.get("error"):
                 raise CheckoutError(str(clone_info["error"]))
@@ -877,14 +878,14 @@ class Runner:
                     job.call("changed-files", {"changed_files": files})
                     payload["changed_files"] = files
                 if pipeline is None:
-                    pipeline, missing = self._plan(job, checkout)
-                if not missing and not pipeline.clone:
+                    pipeline, back = self._plan(job, checkout)
+                if not back and not pipeline.clone:
                     workspaces.empty_workspace(workspace)
                     step_log.write(
                         b"[goci] clone: false - the files were fetched only to "
                         b"read the pipeline, and are removed\n"
                     )
-                elif not missing:
+                elif not back:
                     checkout.deepen(pipeline.clone_depth)
         except CloneUrlRefused as exc:
             error = f"the clone URL is refused: {exc}"
@@ -905,15 +906,16 @@ class Runner:
             job.checkout = None
         if error is not None:
             step_log.write(f"{error}\n".encode())
-        if missing:
-            # The pipeline's runs_on, read only now, needs labels this runner lacks: the
-            # job goes back to the queue with them, for a runner that has them all.
-            step_log.write(handed_back_line(missing, f"this runner ({self.config.name})"))
+        if back:
+            # The pipeline, read only now, needs labels this runner lacks (the job goes
+            # back to the queue with them, for a runner that has them all), or deploys
+            # where it must wait (it goes back until it may go).
+            step_log.write(back)
         step_log.end_attempt()
         if job.gone.is_set():
             reporter.close()
             return None
-        if missing or (error is None and cancel.is_set() and job.release):
+        if back or (error is None and cancel.is_set() and job.release):
             reporter.flush()
             reporter.close()
             self._release(job)
@@ -940,10 +942,11 @@ class Runner:
             self._finish(job, status, reporter.mask.text(error or ""))
         return None
 
-    def _plan(self, job: Job, checkout: Checkout) -> tuple[Pipeline, list[str]]:
+    def _plan(self, job: Job, checkout: Checkout) -> tuple[Pipeline, bytes | None]:
         """The commit's pipeline file, checked here and sent to the server (`plan`),
-        which stores it with its steps: their ids, the secrets and the labels missing
-        come back (PipelineError, CheckoutError, ApiError)."""
+        which stores it with its steps: their ids and the secrets come back, and the line
+        that says why the job goes back, if it does (labels this runner lacks, or a
+        deployment that must wait) (PipelineError, CheckoutError, ApiError)."""
         payload = job.payload
         path = str(payload["pipeline_path"])
         filename, data = read_pipeline(checkout, path, str(payload["commit"]), MAX_BYTES)
@@ -954,7 +957,11 @@ class Runner:
         payload["steps"] = answer["steps"]
         payload["secrets"] = answer["secrets"]
         payload["secrets_error"] = answer["secrets_error"]
-        return pipeline, list(answer["missing_labels"])
+        if missing := list(answer["missing_labels"]):
+            return pipeline, handed_back_line(missing, f"this runner ({self.config.name})")
+        if held := str(answer.get("held") or ""):
+            return pipeline, held_back_line(held)
+        return pipeline, None
 
     def _executor(self, pipeline: Pipeline, workspace: Path, refused: str | None) -> Executor:
         containers = None

@@ -263,6 +263,12 @@ class PlanOut(Schema):
     missing_labels: list[str] = Field(
         description="Labels of `runs_on` this runner lacks: hand the job back (`release`)."
     )
+    held: str = Field(
+        "",
+        description="Why the build's deployment must wait (an approval, another deployment "
+        "of its environment): hand the job back (`release`); it is claimed again when it "
+        "may go. Empty: go on.",
+    )
     secrets: dict[str, str]
     secrets_error: str
 
@@ -611,11 +617,14 @@ def plan(
     )
     job = Job.objects.select_related("build__project").get(pk=job_id)
     missing = sorted(set(parsed.runs_on) - set(runner.labels))
+    held = "" if missing else queue.plan_held(job.build_id) or ""
+    back = missing or held
     return {
         "steps": _steps(job),
         "matrix": dict(job.matrix),
         "missing_labels": missing,
-        **(_secrets(job, parsed) if not missing else {"secrets": {}, "secrets_error": ""}),
+        "held": held,
+        **(_secrets(job, parsed) if not back else {"secrets": {}, "secrets_error": ""}),
     }
 
 

@@ -556,6 +556,13 @@ class Checkout:
         return code
 
 
+def held_back_line(reason: str) -> bytes:
+    """The clone step's last line when the pipeline read at checkout deploys where it
+    must wait (an approval, another deployment): the job goes back to the queue, and is
+    claimed again when it may go."""
+    return f"[goci] {reason}: back to the queue until then\n".encode()
+
+
 def handed_back_line(missing: Sequence[str], holder: str) -> bytes:
     """The clone step's last line when the pipeline read at checkout needs labels
     (`runs_on`) its worker or runner lacks: the job goes back to the queue with them."""

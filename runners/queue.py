@@ -346,6 +346,14 @@ def build_plan(
     return parsed
 
 
+def plan_held(build_id: int) -> str | None:
+    """Why the build's deployment must wait, now that its pipeline read at checkout is
+    planned (an approval, another deployment of its environment), or None: its job is
+    then handed back (job_release) and claimed again once it may go."""
+    build = Build.objects.get(pk=build_id)
+    return deployments.waiting_reason(build)
+
+
 def build_set_changed_files(
     *, job_id: int, attempt: int, changed_files: list[str] | None, runner: Runner | None = None
 ) -> None:

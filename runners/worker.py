@@ -57,6 +57,7 @@ from runners.checkout import (
     CheckoutError,
     Credentials,
     handed_back_line,
+    held_back_line,
     pr_head_ref,
     read_pipeline,
 )
@@ -77,6 +78,7 @@ from runners.queue import (
     job_heartbeat,
     job_release,
     jobs_reap,
+    plan_held,
 )
 from runners.reporting import BuildReporter, with_retry
 from runners.workspace import (
@@ -462,7 +464,7 @@ class Worker:
         self._publish_running(job)
         reporter.step_started(clone, 1)
         error: str | None = None
-        handed_back: list[str] = []
+        handed_back: bytes | None = None
         try:
             if problem:
                 raise CheckoutError(problem)
@@ -490,7 +492,10 @@ class Worker:
                     )
                     steps = dict(Step.objects.filter(job_id=job.pk).values_list("name", "pk"))
                     if missing := sorted(set(pipeline.runs_on) - set(self.labels)):
-                        raise _HandBack(missing)
+                        holder = f"this worker ({self.name})"
+                        raise _HandBack(handed_back_line(missing, holder))
+                    if held := with_retry(lambda: plan_held(job.build_id), what="reading"):
+                        raise _HandBack(held_back_line(held))
                 if build.pr_number is not None and (build.base_commit or build.target_branch):
                     files = checkout.changed_files(build.base_commit, build.target_branch)
                     with_retry(
@@ -519,15 +524,16 @@ class Worker:
         except LeaseLost:
             reporter.lost = True
         except _HandBack as back:
-            handed_back = back.missing
+            handed_back = back.line
         finally:
             running.checkout = None
         if error is not None:
             step_log.write(f"{error}\n".encode())
         if handed_back:
-            # The pipeline's runs_on, read only now, needs labels this worker lacks: the
-            # job goes back to the queue with them, for a runner that has them all.
-            step_log.write(handed_back_line(handed_back, f"this worker ({self.name})"))
+            # The pipeline, read only now, needs labels this worker lacks (the job goes
+            # back to the queue with them, for a runner that has them all), or deploys
+            # where it must wait (it goes back until it may go).
+            step_log.write(handed_back)
         step_log.end_attempt()
         if reporter.lost:
             return None
@@ -817,11 +823,12 @@ def fetch_ref(build: Build) -> str:
 
 
 class _HandBack(Exception):
-    """The pipeline read from the repository runs on labels this worker lacks."""
+    """The pipeline read from the repository runs on labels this worker lacks, or its
+    deployment must wait: `line` says which, in the clone step's log."""
 
-    def __init__(self, missing: list[str]) -> None:
-        super().__init__(", ".join(missing))
-        self.missing = missing
+    def __init__(self, line: bytes) -> None:
+        super().__init__(line.decode())
+        self.line = line
 
 
 def branch_of(build: Build) -> str | None:

@@ -469,7 +469,7 @@ def test_a_push_whose_pipeline_deploys_is_recorded_when_its_pipeline_is_read(
     )
 
 
-def test_a_push_cannot_wait_for_a_protected_environment_and_says_what_to_do(
+def test_a_push_to_a_protected_environment_waits_for_approval_then_deploys(
     server: GitServer,
 ) -> None:
     repo = server.repo("shop")
@@ -482,14 +482,52 @@ def test_a_push_cannot_wait_for_a_protected_environment_and_says_what_to_do(
     build, _ = services.build_create(
         project=project, pipeline="", commit=commit, ref="refs/heads/main", trigger="push"
     )
+    build = run_one(build)  # reads the pipeline, finds it must wait, hands the job back
+    assert build.status == Status.RUNNING  # started, and queued again
+    job = build.jobs.get()
+    assert (job.status, job.attempt) == (Status.QUEUED, 2)
+    assert lines(build, "clone")[-1] == (
+        "[goci] waiting for approval to deploy to production: back to the queue until then"
+    )
+    deployment = Deployment.objects.get()
+    assert deployment.state == "waiting"
+    assert job_claim(worker="w") is None
+    boss = member(project, "boss", Role.MAINTAINER)
+    deployments.approve(deployment=deployment, user=boss)
     build = run_one(build)
-    assert build.status == Status.ERROR
-    clone = lines(build, "clone")
-    assert any(
-        "production is a protected environment: its deployments wait for a maintainer" in line
-        for line in clone
-    ), clone
-    assert not Deployment.objects.exists()
+    assert build.status == Status.SUCCESS
+    deployment.refresh_from_db()
+    assert (deployment.state, deployment.commit) == ("success", commit)
+    assert lines(build, "ship") == ["shipped"]
+
+
+def test_a_push_waits_for_the_deployment_that_runs_then_deploys(server: GitServer) -> None:
+    repo = server.repo("shop")
+    pipeline = "steps:\n  - name: ship\n    environment: production\n    run: echo shipped\n"
+    commit = repo.commit({".goci.yml": pipeline}, "one")
+    project = stored(pipeline=pipeline)
+    first = services.run_pipeline(
+        project=project, ref="", inputs={}, trigger="manual", author=owner(project)
+    )
+    running = job_claim(worker="w1")  # the first deployment runs
+    assert running is not None
+    assert running.build_id == first.pk
+    Project.objects.filter(pk=project.pk).update(repo_url=server.url(repo))
+    project.refresh_from_db()
+    push, _ = services.build_create(
+        project=project, pipeline="", commit=commit, ref="refs/heads/main", trigger="push"
+    )
+    push = run_one(push)
+    assert lines(push, "clone")[-1] == (
+        f"[goci] waiting for the deployment of #{first.number} to production to finish: "
+        "back to the queue until then"
+    )
+    assert push.jobs.get().status == Status.QUEUED
+    from runners.queue import job_finish
+
+    services.build_cancel(build=first)
+    job_finish(job_id=running.pk, attempt=running.attempt, status="canceled")
+    assert run_one(push).status == Status.SUCCESS
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,39 @@ def test_a_pipeline_read_at_checkout_needing_other_labels_goes_back_to_the_queue
     assert Job.objects.get(build=build).worker == "big"
 
 
+def test_a_runner_hands_back_a_push_whose_deployment_waits_for_approval(
+    tmp_path: Path, live_server: Any, server: GitServer
+) -> None:
+    from builds import deployments
+    from builds.models import Deployment, Environment
+
+    repo = server.repo("shop")
+    pipeline = "steps: [{name: ship, environment: production, run: echo shipped}]\n"
+    project = project_for(server, repo)
+    Environment.objects.create(project=project, name="production", protected=True)
+    build = push_build(project, repo.commit({".goci.yml": pipeline}, "c1"))
+
+    run_once(tmp_path / "r1", live_server.url, "--name", "r1", **LOCAL)
+
+    job = Job.objects.get(build=build)
+    assert (job.status, job.attempt) == (Status.QUEUED, 2)
+    said = [text for _, text in log_lines(Step.objects.get(job=job, name="clone"), attempt=1)]
+    assert said[-1] == (
+        "[goci] waiting for approval to deploy to production: back to the queue until then"
+    )
+    deployment = Deployment.objects.get(build=build)
+    assert deployment.state == "waiting"
+    deployments.approve(deployment=deployment, user=project.members.get(username="ann"))
+
+    run_once(tmp_path / "r2", live_server.url, "--name", "r2", **LOCAL)
+
+    build.refresh_from_db()
+    assert build.status == Status.SUCCESS
+    assert lines_of(build, "ship") == ["shipped"]
+    deployment.refresh_from_db()
+    assert deployment.state == "success"
+
+
 def test_the_runner_refuses_a_clone_url_on_an_internal_address(
     tmp_path: Path, live_server: Any, server: GitServer
 ) -> None:
