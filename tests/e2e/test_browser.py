@@ -99,9 +99,14 @@ def test_run_a_pipeline_from_the_project_page_and_watch_it_live(
     page.fill("textarea[name=pipeline]", pipeline)
     page.click("form#run-form button[type=submit]")
     page.wait_for_url("**/builds/*/")
-    # A line is on screen while the step is still running...
-    page.wait_for_selector('section.step[data-step="slow"] .log .line', timeout=15000)
-    assert page.get_attribute('section.step[data-step="slow"]', "data-status") == "running"
+    # A line is on screen while the step is still running (the page learns the step's
+    # status at the end of its catch-up, a moment after the lines: wait for both)...
+    slow = "document.querySelector('section.step[data-step=\"slow\"]')"
+    wait_until(
+        page,
+        f"{slow} && {slow}.dataset.status === 'running' && !!{slow}.querySelector('.log .line')",
+        timeout=15000,
+    )
     # ...then the status turns to success without a reload.
     wait_until(page, "document.querySelector('#build').dataset.status === 'success'", timeout=20000)
     assert shown_lines(page, "slow") == [f"line {i}" for i in range(1, 11)]
