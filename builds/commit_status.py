@@ -44,7 +44,7 @@ from builds import services
 from builds.clone_urls import CloneUrlRefused, host_listed, resolve_allowed
 from builds.models import Build, CommitStatus, Project
 from builds.secrets import FORGE_TOKEN, SecretError, secret_for_goci
-from goci.background import Background
+from goci.background import OutboxSender
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def next_due_in(now: datetime | None = None) -> float | None:
     return max((first[0] - now).total_seconds(), 0.0)
 
 
-class StatusSender(Background):
+class StatusSender(OutboxSender[CommitStatus]):
     """A daemon thread that sends due commit statuses until stop(): woken by
     services.commit_status_due in this process, and looking every `poll` seconds (and
     when a retry falls due) for those queued elsewhere."""
@@ -435,16 +435,11 @@ class StatusSender(Background):
     def __init__(self, poll: float = POLL) -> None:
         super().__init__(poll, STOP_WAIT, services.commit_status_due)
 
-    def work(self) -> None:
-        self.send_due()
+    def claim(self) -> CommitStatus | None:
+        return claim()
+
+    def send(self, row: CommitStatus) -> None:
+        send(row)
 
     def next_due(self) -> float | None:
         return next_due_in()
-
-    def send_due(self) -> int:
-        """Send every row due now, one after another; how many were tried."""
-        count = 0
-        while not self.stopping and (row := claim()) is not None:
-            send(row)
-            count += 1
-        return count

@@ -65,7 +65,7 @@ from builds.models import (
 )
 from builds.secrets import decrypt, encrypt
 from goci import audit
-from goci.background import Background
+from goci.background import OutboxSender
 
 log = logging.getLogger(__name__)
 
@@ -729,7 +729,7 @@ def next_due_in(now: datetime | None = None) -> float | None:
     return max((first - now).total_seconds(), 0.0)
 
 
-class NotificationSender(Background):
+class NotificationSender(OutboxSender[Notification]):
     """A daemon thread that sends due notifications until stop(): woken by
     notification_due in this process, and looking every `poll` seconds (and when a
     retry falls due) for those queued elsewhere."""
@@ -740,16 +740,11 @@ class NotificationSender(Background):
     def __init__(self, poll: float = POLL) -> None:
         super().__init__(poll, STOP_WAIT, notification_due)
 
-    def work(self) -> None:
-        self.send_due()
+    def claim(self) -> Notification | None:
+        return claim()
+
+    def send(self, row: Notification) -> None:
+        send(row)
 
     def next_due(self) -> float | None:
         return next_due_in()
-
-    def send_due(self) -> int:
-        """Send every row due now, one after another; how many were tried."""
-        count = 0
-        while not self.stopping and (row := claim()) is not None:
-            send(row)
-            count += 1
-        return count

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Generic, TypeVar
 
 from django.db import close_old_connections, connection
 from django.dispatch import Signal
 
 log = logging.getLogger(__name__)
+
+Row = TypeVar("Row")
 
 
 class Background:
@@ -76,3 +79,25 @@ class Background:
                 self._wake.clear()
         finally:
             connection.close()
+
+
+class OutboxSender(Background, Generic[Row]):
+    """Sends the due rows of an outbox one after another: claim() one (None: none is
+    due), send() it; next_due() from the outbox's next retry."""
+
+    def claim(self) -> Row | None:
+        raise NotImplementedError
+
+    def send(self, row: Row) -> None:
+        raise NotImplementedError
+
+    def work(self) -> None:
+        self.send_due()
+
+    def send_due(self) -> int:
+        """Send every row due now, one after another; how many were tried."""
+        count = 0
+        while not self.stopping and (row := self.claim()) is not None:
+            self.send(row)
+            count += 1
+        return count
