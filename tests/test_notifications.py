@@ -492,6 +492,11 @@ def test_the_api_makes_lists_changes_and_deletes_targets_never_showing_credentia
     (call,) = receiver.calls
     assert call.path == f"/bot{BOT_TOKEN}/sendMessage"  # the token was kept
     assert call.body["chat_id"] == "@goci_news"
+    # At rest, the token and the chat are only in the encrypted credentials.
+    rows = [*NotificationTarget.objects.values(), *Notification.objects.values()]
+    stored = json.dumps(rows, default=str)
+    assert BOT_TOKEN not in stored
+    assert "goci_news" not in stored
 
     deliveries = api_call("get", f"{url}/deliveries", token)
     assert deliveries.status_code == 200
