@@ -66,28 +66,31 @@ class RunRefForm(forms.Form):
         }
 
 
-def _pipeline_at(project: Project, ref: str) -> tuple[Pipeline | None, str]:
-    """The pipeline the Run form would run at `ref`, or None and why not."""
+def _pipeline_at(project: Project, ref: str) -> tuple[Pipeline | None, str, dict[str, str] | None]:
+    """The pipeline the Run form would run at `ref`, or None and why not; and the
+    repository's branches and tags if they were read on the way."""
+    seen = None
     try:
         if project.repo_url:
-            _, _, text = refs.pipeline_at(project, ref or project.default_branch)
+            at = refs.pipeline_at(project, ref or project.default_branch)
+            text, seen = at.pipeline, at.refs
         elif project.pipeline:
             text = project.pipeline
         else:
-            return None, "This project has neither a repository nor a stored pipeline."
-        return load(text, project.pipeline_path), ""
+            return None, "This project has neither a repository nor a stored pipeline.", None
+        return load(text, project.pipeline_path), "", seen
     except (refs.RefError, PipelineError) as error:
-        return None, str(error)
+        return None, str(error), seen
 
 
 def _run_context(
-    request: HttpRequest, project: Project, form: RunRefForm, problem: str = ""
+    project: Project, form: RunRefForm, problem: str, seen: dict[str, str] | None
 ) -> dict[str, Any]:
     branches: list[str] = []
     tags: list[str] = []
     if project.repo_url:
         try:
-            branches, tags = refs.choices(project)
+            branches, tags = refs.choices(project, seen)
         except refs.RefError as error:
             problem = problem or str(error)
     return {
@@ -109,13 +112,11 @@ def project_run_ref(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project_or_404(request, slug, access.RUN)
     source = request.POST if request.method == "POST" else request.GET
     ref = str(source.get("ref", "") or project.default_branch)[:255]
-    pipeline, problem = _pipeline_at(project, ref)
+    pipeline, problem, seen = _pipeline_at(project, ref)
     inputs = pipeline.inputs if pipeline is not None else ()
     if request.method == "GET":
         form = RunRefForm(initial={"ref": ref}, inputs=inputs)
-        return render(
-            request, "builds/_run_ref.html", _run_context(request, project, form, problem)
-        )
+        return render(request, "builds/_run_ref.html", _run_context(project, form, problem, seen))
     form = RunRefForm(request.POST, inputs=inputs)
     if pipeline is not None and form.is_valid():
         try:
@@ -135,7 +136,7 @@ def project_run_ref(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             return _redirect(request, reverse("builds:build", args=[build.pk]))
     return render(
-        request, "builds/_run_ref.html", _run_context(request, project, form, problem), status=200
+        request, "builds/_run_ref.html", _run_context(project, form, problem, seen), status=200
     )
 
 

@@ -11,6 +11,7 @@ a temporary directory that goes with the call.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -62,9 +63,10 @@ def remote_refs(project: Project) -> dict[str, str]:
             raise RefError(f"cannot list the repository's branches and tags: {error}") from error
 
 
-def choices(project: Project) -> tuple[list[str], list[str]]:
-    """The branch names and tag names, for the Run form (the default branch first)."""
-    refs = remote_refs(project)
+def choices(project: Project, refs: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """The branch names and tag names, for the Run form (the default branch first), of
+    `refs` (as remote_refs answers) or of the repository now."""
+    refs = remote_refs(project) if refs is None else refs
     branches = sorted(name[len("refs/heads/") :] for name in refs if name.startswith("refs/heads/"))
     tags = sorted(
         (name[len("refs/tags/") :] for name in refs if name.startswith("refs/tags/")),
@@ -76,9 +78,19 @@ def choices(project: Project) -> tuple[list[str], list[str]]:
     return branches[:MAX_REFS], tags[:MAX_REFS]
 
 
-def pipeline_at(project: Project, ref: str) -> tuple[str, str, str]:
-    """(full ref, commit, pipeline text) of the project's repository at `ref`: a
-    branch or tag name, or a full ref (refs/heads/..., refs/tags/...)."""
+@dataclass(frozen=True)
+class AtRef:
+    """The repository at one ref, as pipeline_at read it."""
+
+    ref: str  # the full ref
+    commit: str
+    pipeline: str  # the pipeline file's text
+    refs: dict[str, str]  # every branch and tag then: full ref -> commit
+
+
+def pipeline_at(project: Project, ref: str) -> AtRef:
+    """The project's repository at `ref`: a branch or tag name, or a full ref
+    (refs/heads/..., refs/tags/...), with one `git ls-remote` and a one-commit fetch."""
     with tempfile.TemporaryDirectory(prefix="goci-refs-") as directory:
         try:
             with _checkout(project, directory) as checkout:
@@ -93,7 +105,7 @@ def pipeline_at(project: Project, ref: str) -> tuple[str, str, str]:
         text = data.decode()
     except UnicodeDecodeError as error:
         raise RefError(f"{project.pipeline_path} at {ref} is not UTF-8 text") from error
-    return wanted, commit, text
+    return AtRef(wanted, commit, text, refs)
 
 
 def _find(ref: str, refs: dict[str, str]) -> str:

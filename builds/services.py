@@ -600,7 +600,8 @@ def run_pipeline(
 
     ref = ref or project.default_branch
     if project.repo_url:
-        full, commit, pipeline = refs.pipeline_at(project, ref)
+        at = refs.pipeline_at(project, ref)
+        full, commit, pipeline = at.ref, at.commit, at.pipeline
     elif project.pipeline:
         full, commit, pipeline = full_ref(ref), "", project.pipeline
     else:
