@@ -44,7 +44,7 @@ from builds import services
 from builds.clone_urls import CloneUrlRefused, host_listed, resolve_allowed
 from builds.models import Build, CommitStatus, Project
 from builds.secrets import FORGE_TOKEN, SecretError, secret_for_goci
-from goci.background import OutboxSender
+from goci.background import OutboxSender, seconds_until
 
 log = logging.getLogger(__name__)
 
@@ -418,10 +418,13 @@ def _record(row: CommitStatus, **fields: object) -> None:
 def next_due_in(now: datetime | None = None) -> float | None:
     """Seconds until the next claimable row is due (0 if one is), or None."""
     now = now or timezone.now()
-    first = _claimable(now).order_by("next_attempt_at").values_list("next_attempt_at").first()
-    if first is None:
-        return None
-    return max((first[0] - now).total_seconds(), 0.0)
+    first = (
+        _claimable(now)
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    return seconds_until(first, now)
 
 
 class StatusSender(OutboxSender[CommitStatus]):

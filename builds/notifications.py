@@ -65,7 +65,7 @@ from builds.models import (
 )
 from builds.secrets import decrypt, encrypt
 from goci import audit
-from goci.background import OutboxSender
+from goci.background import OutboxSender, seconds_until
 
 log = logging.getLogger(__name__)
 
@@ -724,9 +724,7 @@ def next_due_in(now: datetime | None = None) -> float | None:
         .values_list("next_attempt_at", flat=True)
         .first()
     )
-    if first is None:
-        return None
-    return max((first - now).total_seconds(), 0.0)
+    return seconds_until(first, now)
 
 
 class NotificationSender(OutboxSender[Notification]):

@@ -36,7 +36,7 @@ from builds import services
 from builds.models import Build, Project, Schedule
 from goci import audit
 from goci.audit import context
-from goci.background import Background
+from goci.background import Background, seconds_until
 
 log = logging.getLogger(__name__)
 
@@ -375,9 +375,7 @@ def next_due_in(now: datetime | None = None) -> float | None:
         .values_list("next_run_at", flat=True)
         .first()
     )
-    if first is None:
-        return None
-    return max((first - now).total_seconds(), 0.0)
+    return seconds_until(first, now)
 
 
 class Scheduler(Background):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from django.db import close_old_connections, connection
@@ -16,7 +18,12 @@ log = logging.getLogger(__name__)
 Row = TypeVar("Row")
 
 
-class Background:
+def seconds_until(moment: datetime | None, now: datetime) -> float | None:
+    """What next_due() answers for the earliest due time found (None: nothing due)."""
+    return None if moment is None else max((moment - now).total_seconds(), 0.0)
+
+
+class Background(ABC):
     """Runs `work()` until stop(): when woken (wake(), or `signal` sent in this process),
     when `next_due()` says something falls due, and every `poll` seconds for what other
     processes queued. A failure (a database outage) is logged, and looked at again
@@ -33,8 +40,9 @@ class Background:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @abstractmethod
     def work(self) -> None:
-        raise NotImplementedError
+        """One round: do everything due now."""
 
     def next_due(self) -> float | None:
         """Seconds until something falls due (0: now), or None if nothing is known."""
@@ -85,11 +93,13 @@ class OutboxSender(Background, Generic[Row]):
     """Sends the due rows of an outbox one after another: claim() one (None: none is
     due), send() it; next_due() from the outbox's next retry."""
 
+    @abstractmethod
     def claim(self) -> Row | None:
-        raise NotImplementedError
+        """Take the next due row (None: none is due)."""
 
+    @abstractmethod
     def send(self, row: Row) -> None:
-        raise NotImplementedError
+        """Send it, and record how that went."""
 
     def work(self) -> None:
         self.send_due()
